@@ -1,0 +1,134 @@
+"""Zarr store helpers: atomic writes, one metadata policy, provenance.
+
+Policy (used everywhere in diffinv): zarr format 3, *unconsolidated* metadata.
+xarray's default consolidation is not part of the zarr v3 specification and warns on
+every write; opening an unconsolidated store of a few arrays costs a few extra small
+reads, which is negligible for one store per job.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+
+from diffinv.errors import InputError
+
+ZARR_FORMAT = 3
+PROVENANCE_ATTR = "provenance"
+_VERSIONED_PACKAGES = ("diffinv", "torch", "numpy", "xarray", "zarr", "diffusers", "h5py")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary sibling path that is renamed onto ``path`` only on success.
+
+    An interrupted or failing writer leaves no half-written ``path``: the temporary
+    path is removed, and an existing ``path`` is replaced only after the new one is
+    complete.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f"{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        if final.exists():
+            trash = final.with_name(f"{final.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            _remove(trash)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def write_zarr(ds: xr.Dataset, path: str | os.PathLike[str], encoding: Mapping | None = None) -> Path:
+    """Write ``ds`` to a zarr v3 store at ``path`` atomically (temporary path, then rename)."""
+    with atomic_path(path) as tmp:
+        ds.to_zarr(tmp, mode="w", zarr_format=ZARR_FORMAT, consolidated=False, encoding=dict(encoding or {}))
+    return Path(path)
+
+
+def append_zarr(ds: xr.Dataset, path: str | os.PathLike[str], append_dim: str) -> None:
+    """Append ``ds`` along ``append_dim`` to an existing store (for streaming writers).
+
+    Streaming writers should write into a path obtained from :func:`atomic_path` so that
+    the store appears only once complete.
+    """
+    ds.to_zarr(path, mode="a", append_dim=append_dim, zarr_format=ZARR_FORMAT, consolidated=False)
+
+
+def open_zarr(path: str | os.PathLike[str]) -> xr.Dataset:
+    """Open a diffinv zarr store lazily; a clear error if it is missing or not a store."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "no such zarr store", "run the step that writes it first, or fix the path")
+    try:
+        return xr.open_zarr(p, consolidated=False)
+    except Exception as exc:  # zarr raises several types for a broken store
+        raise InputError(p, f"not a readable zarr store ({type(exc).__name__}: {exc})", "delete it and rerun the step that writes it") from exc
+
+
+def git_commit(cwd: str | os.PathLike[str] | None = None) -> str:
+    """The git commit of the diffinv source tree (``+dirty`` if modified), or ``unknown``."""
+    where = Path(cwd) if cwd else Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where, capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that determine results."""
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def provenance(**fields: Any) -> dict[str, Any]:
+    """Provenance record: the given fields plus versions, git commit, host and UTC time."""
+    record: dict[str, Any] = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "host": platform.node(),
+    }
+    record.update(fields)
+    return record
+
+
+def set_provenance(ds: xr.Dataset, record: Mapping[str, Any]) -> xr.Dataset:
+    """Attach ``record`` as a JSON string in ``ds.attrs['provenance']`` (netCDF-safe)."""
+    ds.attrs[PROVENANCE_ATTR] = json.dumps(record, default=str, sort_keys=True)
+    return ds
+
+
+def get_provenance(ds: xr.Dataset) -> dict[str, Any]:
+    """Parse the provenance record of a diffinv store."""
+    return json.loads(ds.attrs[PROVENANCE_ATTR])
