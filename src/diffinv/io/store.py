@@ -62,20 +62,33 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def portable_strings(ds: xr.Dataset) -> xr.Dataset:
+    """Fixed-width unicode arrays as variable-length strings (zarr v3 has no spec for ``<U``)."""
+    fixed = [name for name, v in ds.variables.items() if v.dtype.kind == "U"]
+    return ds.assign({n: ds[n].astype(object) for n in fixed if n in ds.data_vars}).assign_coords(
+        {n: ds[n].astype(object) for n in fixed if n in ds.coords}
+    )
+
+
+def create_zarr(ds: xr.Dataset, path: str | os.PathLike[str], encoding: Mapping | None = None) -> None:
+    """Write ``ds`` to a new zarr v3 store (not atomic: use inside :func:`atomic_path`)."""
+    portable_strings(ds).to_zarr(path, mode="w", zarr_format=ZARR_FORMAT, consolidated=False, encoding=dict(encoding or {}))
+
+
 def write_zarr(ds: xr.Dataset, path: str | os.PathLike[str], encoding: Mapping | None = None) -> Path:
     """Write ``ds`` to a zarr v3 store at ``path`` atomically (temporary path, then rename)."""
     with atomic_path(path) as tmp:
-        ds.to_zarr(tmp, mode="w", zarr_format=ZARR_FORMAT, consolidated=False, encoding=dict(encoding or {}))
+        create_zarr(ds, tmp, encoding)
     return Path(path)
 
 
 def append_zarr(ds: xr.Dataset, path: str | os.PathLike[str], append_dim: str) -> None:
-    """Append ``ds`` along ``append_dim`` to an existing store (for streaming writers).
+    """Append ``ds`` along ``append_dim`` to a store made by :func:`create_zarr` (streaming writers).
 
     Streaming writers should write into a path obtained from :func:`atomic_path` so that
     the store appears only once complete.
     """
-    ds.to_zarr(path, mode="a", append_dim=append_dim, zarr_format=ZARR_FORMAT, consolidated=False)
+    portable_strings(ds).to_zarr(path, mode="a", append_dim=append_dim, zarr_format=ZARR_FORMAT, consolidated=False)
 
 
 def open_zarr(path: str | os.PathLike[str]) -> xr.Dataset:

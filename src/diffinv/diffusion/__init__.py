@@ -1,0 +1,1 @@
+"""Diffusion core: schedules, denoisers, networks, training and checkpoints."""

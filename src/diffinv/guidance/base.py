@@ -1,0 +1,64 @@
+"""Guidance interface: ``Guidance(operator, y, ...)(D) -> D_y``, a conditional denoiser.
+
+Score style adds (σ_t²/α_t) ∇_x log p̂(y | x_t) to D (Tweedie's formula, so any solver then
+follows the posterior probability-flow ODE); projection style corrects x0_hat towards
+the measurements. Either way the solvers see only a denoiser.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from diffinv.diffusion.denoisers import Denoiser
+from diffinv.errors import ConfigError
+from diffinv.operators.base import LinearOperator
+
+
+class Guidance:
+    """Base class of guidance plug-ins; subclasses implement :meth:`conditional`."""
+
+    cite: str = ""
+    needs_grad: bool = False
+
+    def __init__(self, operator: LinearOperator, y: Tensor) -> None:
+        self.operator = operator
+        self.y = y
+
+    def __call__(self, D: Denoiser) -> Denoiser:
+        return _Conditional(self, D)
+
+    def conditional(self, D: Denoiser, x: Tensor, t: Tensor) -> Tensor:
+        """x0 estimate of the posterior given x_t."""
+        raise NotImplementedError
+
+
+class _Conditional:
+    """The conditional denoiser D_y returned by a guidance (keeps the schedule attribute)."""
+
+    def __init__(self, guidance: Guidance, D: Denoiser) -> None:
+        self.guidance = guidance
+        self.denoiser = D
+        self.schedule = D.schedule
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.guidance.conditional(self.denoiser, x, t)
+
+
+class Unconditional(Guidance):
+    """No guidance: sample the prior (the observation is ignored)."""
+
+    def __call__(self, D: Denoiser) -> Denoiser:
+        return D
+
+
+def make_guidance(name: str, operator: LinearOperator, y: Tensor, **options: Any) -> Guidance:
+    """Instantiate the guidance plug-in ``name``; unknown options are an error."""
+    from diffinv.plugins import load
+
+    cls = load("guidance", name)
+    try:
+        return cls(operator, y, **options)
+    except TypeError as exc:
+        raise ConfigError(f"guidance {name!r}: bad options {sorted(options)} ({exc})") from exc

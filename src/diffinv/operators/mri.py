@@ -1,0 +1,163 @@
+"""Cartesian MRI: centred orthonormal FFTs, sampling masks, coil sensitivities, SENSE operator.
+
+Images travel as two real channels (B, 2, H, W) so that denoisers, guidance and this
+operator share one representation; k-space is complex (B, [C,] H, W). Phase encoding
+(the subsampled direction) is the last axis W, as in fastMRI.
+"""
+
+from __future__ import annotations
+
+
+import fastmri
+import torch
+from fastmri.data.subsample import create_mask_for_mask_type
+from torch import Tensor
+
+from diffinv.complex import channels_to_complex, complex_to_channels
+from diffinv.errors import ConfigError
+from diffinv.operators.base import LinearOperator
+
+MASK_TYPES = ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction")
+
+
+def fft2c(image: Tensor) -> Tensor:
+    """Centred orthonormal 2D FFT of a complex tensor over the last two axes (fastMRI's ``fft2c``)."""
+    return torch.view_as_complex(fastmri.fft2c(torch.view_as_real(image.contiguous())).contiguous())
+
+
+def ifft2c(kspace: Tensor) -> Tensor:
+    """Centred orthonormal 2D inverse FFT (fastMRI's ``ifft2c``); the adjoint of :func:`fft2c`."""
+    return torch.view_as_complex(fastmri.ifft2c(torch.view_as_real(kspace.contiguous())).contiguous())
+
+
+def sampling_mask(kind: str, width: int, acceleration: float, center_fraction: float, seed: int) -> Tensor:
+    """A 1D column mask (width,) bool from fastMRI's mask functions, reproducible from ``seed``.
+
+    ``kind`` is one of fastMRI's mask types (``random``, ``equispaced``,
+    ``equispaced_fraction``, ``magic``, ``magic_fraction``).
+    """
+    if kind not in MASK_TYPES:
+        raise ConfigError(f"mask.kind: unknown {kind!r} (fix: use one of {', '.join(MASK_TYPES)})")
+    func = create_mask_for_mask_type(kind, [center_fraction], [acceleration])
+    mask, _ = func((1, width, 1), offset=None, seed=seed)
+    return mask.reshape(width) > 0
+
+
+def center_mask(width: int, num_low_frequencies: int) -> Tensor:
+    """Column mask (width,) bool of the ``num_low_frequencies`` central lines (fastMRI's centring)."""
+    mask = torch.zeros(width, dtype=torch.bool)
+    pad = (width - num_low_frequencies + 1) // 2
+    mask[pad : pad + num_low_frequencies] = True
+    return mask
+
+
+def estimate_sensitivities(kspace: Tensor, num_low_frequencies: int, eps: float = 1e-6) -> Tensor:
+    """Coil sensitivities from the calibration (ACS) lines, (…, C, H, W) complex.
+
+    Method: low-resolution coil images from the central ``num_low_frequencies`` lines
+    with a Hann window along the phase-encode axis, divided by their root sum of squares
+    (McKenzie et al. 2002, "Self-calibrating parallel imaging with automatic coil
+    sensitivity extraction"). The maps satisfy Σ_c |S_c|² = 1 wherever any coil has
+    signal, so fully sampled SENSE is unitary. ESPIRiT would additionally mask the
+    background; supply your own maps through :class:`MRIOperator` for that.
+    """
+    width = kspace.shape[-1]
+    n = max(2, min(num_low_frequencies, width))
+    window = torch.zeros(width, dtype=kspace.real.dtype)
+    start = (width - n + 1) // 2
+    window[start : start + n] = torch.hann_window(n + 2, periodic=False, dtype=kspace.real.dtype)[1:-1]
+    low = ifft2c(kspace * window)
+    rss = (low.abs() ** 2).sum(-3, keepdim=True).sqrt()
+    return low / rss.clamp_min(eps * rss.amax(dim=(-3, -2, -1), keepdim=True).clamp_min(1e-30))
+
+
+def rss(coil_images: Tensor) -> Tensor:
+    """Root sum of squares over the coil axis (-3)."""
+    return (coil_images.abs() ** 2).sum(-3).sqrt()
+
+
+class MRIOperator(LinearOperator):
+    """Cartesian (multi-coil) MRI: A x = M ⊙ F(S x) on two-channel images (B, 2, H, W).
+
+    Parameters
+    ----------
+    mask : column mask broadcastable to (B, W): (W,) or (B, W), bool or 0/1.
+    sensitivities : (B, C, H, W) complex maps, or ``None`` for single-coil.
+    noise_std : standard deviation of each real component of the k-space noise.
+    """
+
+    def __init__(self, mask: Tensor, sensitivities: Tensor | None = None, noise_std: float = 0.0) -> None:
+        m = mask.to(torch.float32)
+        self.mask = m.reshape(m.shape[:-1] + (1, m.shape[-1])) if m.ndim == 2 else m.reshape(1, 1, -1)
+        self.sensitivities = sensitivities
+        if sensitivities is not None:
+            self.mask = self.mask.unsqueeze(-3) if self.mask.ndim == 3 else self.mask
+        self.noise_std = noise_std
+
+    @property
+    def multicoil(self) -> bool:
+        """Whether the operator has coil sensitivities."""
+        return self.sensitivities is not None
+
+    def A(self, x: Tensor) -> Tensor:
+        z = channels_to_complex(x)
+        if self.multicoil:
+            z = self.sensitivities * z.unsqueeze(-3)
+        return self.mask.to(z.device) * fft2c(z)
+
+    def A_adjoint(self, y: Tensor) -> Tensor:
+        z = ifft2c(self.mask.to(y.device) * y)
+        if self.multicoil:
+            z = (self.sensitivities.conj() * z).sum(-3)
+        return complex_to_channels(z)
+
+    def zero_filled(self, y: Tensor) -> Tensor:
+        """Aᴴ y: the zero-filled (coil-combined) image, two channels."""
+        return self.A_adjoint(y)
+
+    def project(self, x: Tensor, y: Tensor) -> Tensor:
+        """Hard data consistency: replace the measured k-space of x by y.
+
+        Exact projection for single coil; for multi-coil it is applied per coil and
+        recombined with the maps (exact when Σ|S|² = 1 and the maps are consistent).
+        """
+        z = channels_to_complex(x)
+        m = self.mask.to(z.device)
+        if self.multicoil:
+            k = fft2c(self.sensitivities * z.unsqueeze(-3))
+            z = (self.sensitivities.conj() * ifft2c((1 - m) * k + m * y)).sum(-3)
+        else:
+            z = ifft2c((1 - m) * fft2c(z) + m * y)
+        return complex_to_channels(z)
+
+
+def acceleration_of(mask: Tensor) -> float:
+    """Acceleration factor W / (number of sampled columns) of a column mask."""
+    return float(mask.shape[-1] / max(1, int(mask.reshape(-1, mask.shape[-1])[0].sum())))
+
+
+def add_kspace_noise(kspace: Tensor, noise_std: float, generator: torch.Generator) -> Tensor:
+    """Complex Gaussian noise with std ``noise_std`` per real component."""
+    if noise_std <= 0:
+        return kspace
+    noise = torch.randn(kspace.shape + (2,), generator=generator, dtype=kspace.real.dtype)
+    return kspace + noise_std * torch.view_as_complex(noise)
+
+
+def num_low_frequencies_for(width: int, center_fraction: float) -> int:
+    """fastMRI's count of centre lines for a centre fraction."""
+    return int(round(width * center_fraction))
+
+
+__all__ = [
+    "MRIOperator",
+    "acceleration_of",
+    "add_kspace_noise",
+    "center_mask",
+    "estimate_sensitivities",
+    "fft2c",
+    "ifft2c",
+    "num_low_frequencies_for",
+    "rss",
+    "sampling_mask",
+]

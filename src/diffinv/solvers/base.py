@@ -1,0 +1,151 @@
+"""Solver interface, per-sample noise, NFE counting and the generic sampling loop.
+
+A solver advances particles from time ``s`` to a less noisy time ``t`` with
+``step(D, x, state, s, t, noise) -> (x, state)``; multistep history lives in ``state``
+(a dict whose tensors have the particle axis first, so population methods can index it
+with :func:`select_state`). Every solver stores its latest data prediction in
+``state["x0"]`` for diagnostics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffinv.diffusion.denoisers import Denoiser
+from diffinv.diffusion.schedule import VPSchedule
+from diffinv.errors import ConfigError
+
+State = dict[str, Any]
+
+
+class PerSampleNoise:
+    """Gaussian noise drawn from one generator per particle, so draws do not depend on the batch.
+
+    Particle ``i`` always receives the same stream for a given ``seeds[i]``, whether it
+    is sampled alone or in a batch of any size (cf. EDM's per-sample generators).
+    """
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu") -> None:
+        self.seeds = [int(s) for s in seeds]
+        self.generators = [torch.Generator().manual_seed(s) for s in self.seeds]
+        self.device = torch.device(device)
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def randn(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> Tensor:
+        """(n_particles, *shape) standard normal draws."""
+        draws = [torch.randn(tuple(shape), generator=g, dtype=dtype) for g in self.generators]
+        return torch.stack(draws).to(self.device)
+
+    def select(self, index: Tensor) -> PerSampleNoise:
+        """Noise for a re-indexed population (children get fresh seeds derived from their parent's)."""
+        idx = index.tolist()
+        child_seeds = [int(torch.randint(0, 2**62, (1,), generator=self.generators[i]).item()) for i in idx]
+        return PerSampleNoise(child_seeds, self.device)
+
+
+class CountingDenoiser:
+    """Wraps a denoiser and counts network function evaluations (per batch call)."""
+
+    def __init__(self, denoiser: Denoiser) -> None:
+        self.denoiser = denoiser
+        self.schedule = denoiser.schedule
+        self.nfe = 0
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self.nfe += 1
+        return self.denoiser(x, t)
+
+
+class Solver:
+    """Base class of solver plug-ins: subclasses implement :meth:`step`.
+
+    Class attributes: ``nfe_per_step`` (denoiser calls per step), ``stochastic``
+    (whether ``step`` consumes noise), ``cite``.
+    """
+
+    nfe_per_step: int = 1
+    stochastic: bool = False
+    cite: str = ""
+
+    def __init__(self, schedule: VPSchedule) -> None:
+        self.schedule = schedule
+
+    def init_state(self) -> State:
+        """The empty multistep history."""
+        return {}
+
+    def step(self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None) -> tuple[Tensor, State]:
+        """Advance ``x`` from time ``s`` to time ``t < s``."""
+        raise NotImplementedError
+
+    def coefficients(self, s: Tensor, t: Tensor) -> tuple[float, float, float, float, float]:
+        """(α_s, σ_s, α_t, σ_t, h = λ_t − λ_s) as Python floats (float64 algebra)."""
+        sch = self.schedule
+        return (
+            float(sch.alpha(s)),
+            float(sch.sigma(s)),
+            float(sch.alpha(t)),
+            float(sch.sigma(t)),
+            float(sch.lam(t) - sch.lam(s)),
+        )
+
+
+def _time(t: Tensor | float, x: Tensor) -> Tensor:
+    return torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0])
+
+
+def denoise(D: Denoiser, x: Tensor, t: Tensor | float) -> Tensor:
+    """``D(x, t)`` with ``t`` broadcast to the batch."""
+    return D(x, _time(t, x))
+
+
+def select_state(state: State, index: Tensor) -> State:
+    """Re-index the particle axis of every tensor in a solver state."""
+    return {k: (v[index] if isinstance(v, Tensor) and v.ndim > 0 else v) for k, v in state.items()}
+
+
+@dataclass
+class StepInfo:
+    """What a callback sees after each step."""
+
+    index: int
+    t: float
+    x: Tensor
+    x0: Tensor | None
+
+
+def sample(
+    solver: Solver,
+    D: Denoiser,
+    x: Tensor,
+    grid: Tensor,
+    noise: PerSampleNoise | None = None,
+    callback: Callable[[StepInfo], None] | None = None,
+) -> Tensor:
+    """Integrate from ``grid[0]`` to ``grid[-1]`` with ``solver`` over denoiser ``D``."""
+    if solver.stochastic and noise is None:
+        raise ConfigError(f"solver {type(solver).__name__} is stochastic: pass noise=PerSampleNoise(seeds)")
+    state = solver.init_state()
+    for i in range(len(grid) - 1):
+        x, state = solver.step(D, x, state, grid[i], grid[i + 1], noise)
+        if callback is not None:
+            callback(StepInfo(i, float(grid[i + 1]), x, state.get("x0")))
+    return x
+
+
+def make_solver(name: str, schedule: VPSchedule, **options: Any) -> Solver:
+    """Instantiate the solver plug-in ``name`` with ``options``; unknown options are an error."""
+    from diffinv.plugins import load
+
+    cls = load("solver", name)
+    try:
+        return cls(schedule, **options)
+    except TypeError as exc:
+        raise ConfigError(f"solver {name!r}: bad options {sorted(options)} ({exc})") from exc
