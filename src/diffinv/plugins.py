@@ -57,7 +57,7 @@ def describe_plugins() -> str:
     """A table of installed plug-ins: name, one-line description and citation."""
     lines = []
     for kind in GROUPS:
-        lines.append(f"{kind}s:")
+        lines.append(f"{kind}:")
         for name, target in available(kind).items():
             obj = _import(target)
             summary = (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""

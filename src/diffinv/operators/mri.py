@@ -115,20 +115,18 @@ class MRIOperator(LinearOperator):
         """Aᴴ y: the zero-filled (coil-combined) image, two channels."""
         return self.A_adjoint(y)
 
-    def project(self, x: Tensor, y: Tensor) -> Tensor:
-        """Hard data consistency: replace the measured k-space of x by y.
+    def project(self, x: Tensor, y: Tensor, cg_steps: int = 30) -> Tensor:
+        """Hard data consistency: the point nearest ``x`` with A x = y.
 
-        Exact projection for single coil; for multi-coil it is applied per coil and
-        recombined with the maps (exact when Σ|S|² = 1 and the maps are consistent).
+        Single coil: exact, by replacing the measured k-space of x with y. Multi-coil:
+        ``cg_steps`` of CG on the normal equations started at x, which converges to the
+        same orthogonal projection (CG iterates stay in x + range(AᴴA)).
         """
+        if self.multicoil:
+            return self.solve_normal(y, x, steps=cg_steps)
         z = channels_to_complex(x)
         m = self.mask.to(z.device)
-        if self.multicoil:
-            k = fft2c(self.sensitivities * z.unsqueeze(-3))
-            z = (self.sensitivities.conj() * ifft2c((1 - m) * k + m * y)).sum(-3)
-        else:
-            z = ifft2c((1 - m) * fft2c(z) + m * y)
-        return complex_to_channels(z)
+        return complex_to_channels(ifft2c((1 - m) * fft2c(z) + m * y))
 
 
 def acceleration_of(mask: Tensor) -> float:

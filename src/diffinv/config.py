@@ -1,0 +1,87 @@
+"""Configuration: one JSON schema (``schemas/config.schema.yaml``) for the Snakefile and the CLI.
+
+Validation fills defaults and reports the first problem as one line naming the file,
+the key path and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator, validators
+
+from diffinv.errors import ConfigError
+
+
+def schema() -> dict[str, Any]:
+    """The config JSON schema shipped with the package."""
+    return yaml.safe_load(resources.files("diffinv").joinpath("schemas/config.schema.yaml").read_text())
+
+
+def _with_defaults(cls: type) -> type:
+    validate_props = cls.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):  # noqa: ANN001
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_props(validator, properties, instance, schema)
+
+    return validators.extend(cls, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(Draft202012Validator)
+
+
+def _fix_for(err: Any) -> str:
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        return f"remove it or use one of: {', '.join(allowed)}"
+    if err.validator == "enum":
+        return f"use one of {err.validator_value}"
+    if err.validator == "type":
+        return f"give a value of type {err.validator_value}"
+    if err.validator in ("minimum", "exclusiveMinimum", "maximum", "minItems"):
+        return f"respect {err.validator} {err.validator_value}"
+    return err.schema.get("description", "see workflow/schemas/config.schema.yaml")
+
+
+def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """A validated deep copy of ``config`` with defaults filled in; ConfigError otherwise."""
+    cfg = copy.deepcopy(config)
+    errors = sorted(_Validator(schema()).iter_errors(cfg), key=lambda e: (len(e.path), list(map(str, e.path))))
+    if errors:
+        err = errors[0]
+        where = ".".join(str(p) for p in err.path) or "(top level)"
+        raise ConfigError(f"{source}: {where}: {err.message} (fix: {_fix_for(err)})")
+    return cfg
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read and validate a YAML config file."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: no such config file (fix: pass an existing YAML file)")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]}) (fix: correct the syntax)") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: top level must be a mapping (fix: write key: value pairs)")
+    return validate_config(raw, str(p))
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when available else ``cpu``; explicit names are checked."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} requested but CUDA is not available (fix: set device: auto or cpu)")
+    return name

@@ -1,0 +1,55 @@
+"""Figures: loss curves and per-case reconstruction panels (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_loss_curve(log: Sequence[tuple[int, float, float]], path: Path) -> Path:
+    """Training loss (raw and smoothed) against step, log-scaled."""
+    steps, loss, smooth = (np.array(c) for c in zip(*log))
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    ax.plot(steps, loss, lw=0.6, alpha=0.4, label="batch loss")
+    ax.plot(steps, smooth, lw=1.5, label="smoothed")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("denoising loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_case(panels: dict[str, np.ndarray], std: np.ndarray, title: str, path: Path, vmax: float | None = None) -> Path:
+    """One row: magnitude panels (truth, zero-filled, ..., mean), |error| and posterior std."""
+    names = list(panels)
+    vmax = vmax if vmax is not None else float(np.abs(panels[names[0]]).max())
+    truth = np.abs(panels[names[0]])
+    mean = np.abs(panels[names[-1]])
+    extra = [("|mean − truth|", np.abs(mean - truth)), ("posterior std", std)]
+    fig, axes = plt.subplots(1, len(names) + 2, figsize=(2.3 * (len(names) + 2), 2.6), dpi=110)
+    for ax, name in zip(axes, names):
+        ax.imshow(np.abs(panels[name]), cmap="gray", vmin=0, vmax=vmax)
+        ax.set_title(name, fontsize=8)
+    err_max = float(max(extra[0][1].max(), extra[1][1].max(), 1e-12))
+    for ax, (name, img) in zip(axes[len(names) :], extra):
+        im = ax.imshow(img, cmap="magma", vmin=0, vmax=err_max)
+        ax.set_title(name, fontsize=8)
+    fig.colorbar(im, ax=axes[-1], fraction=0.046)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

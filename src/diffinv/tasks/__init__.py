@@ -1,0 +1,1 @@
+"""The stages: each composes data -> operator -> prior -> guidance -> solver -> outputs."""

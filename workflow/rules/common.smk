@@ -1,0 +1,65 @@
+# Helpers shared by the rule files: config validation and path functions only.
+import json
+import shlex
+import sys
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+from diffinv.config import validate_config  # noqa: E402
+
+config.update(validate_config(config, "config (config/config.yaml + --config)"))
+
+# The CLI of the diffinv source tree that ships with this workflow.
+DIFFINV = f"PYTHONPATH={workflow.basedir}/src${{PYTHONPATH:+:$PYTHONPATH}} python -m diffinv"
+MRI = config["mri"]
+MRI_DATASET = MRI["dataset"]
+MRI_METHODS = [f"{m['solver']}-{m['guidance']}" for m in MRI["sampling"]["methods"]]
+MRI_ACCELERATIONS = MRI["sampling"]["accelerations"]
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9_.-]+",
+    acc=r"\d+",
+    method=r"[A-Za-z0-9_]+-[A-Za-z0-9_]+",
+    split=r"train|eval",
+
+
+def config_json(wildcards):
+    """The validated config, shell-quoted, for the CLI's --config-json."""
+    return shlex.quote(json.dumps(config, sort_keys=True))
+
+
+def mri_demo_options(wildcards):
+    """--set options of the MRI demo generator."""
+    return " ".join(f"--set {k}={v}" for k, v in MRI["data"]["demo_options"].items())
+
+
+def mri_ingest_options(wildcards):
+    """--set options of the fastMRI reader."""
+    crop = MRI["data"]["kspace_crop"]
+    return f"--set kspace_crop=[{crop[0]},{crop[1]}]" if crop else ""
+
+
+def mri_inputs(wildcards):
+    """Files or folders of one split: the demo folder, or the paths in the config."""
+    if MRI["data"]["demo"]:
+        return [f"resources/demo/mri/{'train' if wildcards.split == 'train' else 'val'}"]
+    return MRI["data"]["train" if wildcards.split == "train" else "eval"]
+
+
+def mri_prior():
+    """The prior checkpoint folder: the configured one, or the one the pipeline trains."""
+    return MRI["prior"]["checkpoint"] or f"results/mri/{MRI_DATASET}/prior"
+
+
+def all_outputs():
+    """Everything `rule all` asks for."""
+    out = [f"results/mri/{MRI_DATASET}/summary.csv"]
+    out += expand(
+        "results/mri/{dataset}/{acc}x/{method}/figures",
+        dataset=MRI_DATASET,
+        acc=MRI_ACCELERATIONS,
+        method=MRI_METHODS,
+    )
+    if not MRI["prior"]["checkpoint"]:
+        out.append(f"results/mri/{MRI_DATASET}/prior/loss.png")
+    return out

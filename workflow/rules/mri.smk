@@ -1,0 +1,120 @@
+# MRI stage: demo data -> ingest -> prior -> posterior sampling -> metrics and figures.
+
+
+rule demo_mri:
+    output:
+        train=directory("resources/demo/mri/train"),
+        val=directory("resources/demo/mri/val"),
+    log:
+        "logs/demo_mri.log",
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        seed=config["seed"],
+        options=mri_demo_options,
+    shell:
+        "{DIFFINV} demo-data mri -o resources/demo/mri --seed {params.seed} "
+        "{params.options} > {log} 2>&1"
+
+
+rule ingest_mri:
+    input:
+        mri_inputs,
+    output:
+        directory("results/mri/{dataset}/data/{split}.zarr"),
+    log:
+        "logs/mri/{dataset}/ingest_{split}.log",
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        options=mri_ingest_options,
+    shell:
+        "{DIFFINV} ingest fastmri {input} -o {output} {params.options} > {log} 2>&1"
+
+
+rule train_prior_mri:
+    input:
+        "results/mri/{dataset}/data/train.zarr",
+    output:
+        directory("results/mri/{dataset}/prior"),
+        loss=report(
+            "results/mri/{dataset}/prior/loss.png",
+            caption="../report/loss.rst",
+            category="Prior",
+        ),
+    log:
+        "logs/mri/{dataset}/train_prior.log",
+    conda:
+        "../../envs/cpu.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        config=config_json,
+    shell:
+        "OMP_NUM_THREADS={threads} {DIFFINV} train mri --data {input} "
+        "-o {output[0]} --config-json {params.config} > {log} 2>&1"
+
+
+rule sample_mri:
+    input:
+        data="results/mri/{dataset}/data/eval.zarr",
+        prior=mri_prior(),
+    output:
+        directory("results/mri/{dataset}/{acc}x/{method}/posterior.zarr"),
+    log:
+        "logs/mri/{dataset}/{acc}x/{method}/sample.log",
+    conda:
+        "../../envs/cpu.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        config=config_json,
+    shell:
+        "OMP_NUM_THREADS={threads} {DIFFINV} sample mri --data {input.data} "
+        "--prior {input.prior} --acceleration {wildcards.acc} "
+        "--method {wildcards.method} -o {output} --config-json {params.config} "
+        "> {log} 2>&1"
+
+
+rule evaluate_mri:
+    input:
+        "results/mri/{dataset}/{acc}x/{method}/posterior.zarr",
+    output:
+        metrics="results/mri/{dataset}/{acc}x/{method}/metrics.csv",
+        figures=report(
+            directory("results/mri/{dataset}/{acc}x/{method}/figures"),
+            patterns=["{name}.png"],
+            caption="../report/case.rst",
+            category="MRI reconstructions",
+            subcategory="{acc}x {method}",
+        ),
+    log:
+        "logs/mri/{dataset}/{acc}x/{method}/evaluate.log",
+    conda:
+        "../../envs/cpu.yaml"
+    shell:
+        "{DIFFINV} evaluate {input} --metrics {output.metrics} "
+        "--figures {output.figures} > {log} 2>&1"
+
+
+rule summarise_mri:
+    input:
+        expand(
+            "results/mri/{{dataset}}/{acc}x/{method}/metrics.csv",
+            acc=MRI_ACCELERATIONS,
+            method=MRI_METHODS,
+        ),
+    output:
+        report(
+            "results/mri/{dataset}/summary.csv",
+            caption="../report/summary.rst",
+            category="MRI metrics",
+        ),
+    log:
+        "logs/mri/{dataset}/summarise.log",
+    conda:
+        "../../envs/cpu.yaml"
+    shell:
+        "{DIFFINV} summarise {input} -o {output} > {log} 2>&1"

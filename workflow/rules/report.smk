@@ -1,0 +1,1 @@
+# Report-only helpers live in workflow/report/ (captions); no rules needed yet.
