@@ -12,11 +12,20 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9_.-]+",
+    acc=r"\d+",
+    method=r"[A-Za-z0-9_]+-[A-Za-z0-9_]+",
+    split=r"train|eval",
+
+
 include: "workflow/rules/mri.smk"
 include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_outputs(),
-    default_target: True

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from diffinv.errors import DiffinvError
@@ -46,15 +47,30 @@ def _options(pairs: Sequence[str]) -> dict[str, object]:
     return out
 
 
+def _check_options(func: Callable[..., object], options: dict[str, object], what: str) -> None:
+    """Unknown ``--set`` keys are an error listing the valid ones."""
+    params = inspect.signature(func).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY or (p.default is not inspect.Parameter.empty and n != "seed")]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise DiffinvError(f"{what}: unknown option(s) {', '.join(unknown)} (fix: use {', '.join(valid) or 'no options'})")
+
+
 def _cmd_ingest(args: argparse.Namespace) -> None:
     module = importlib.import_module(f"diffinv.io.{args.source}")
-    out = module.ingest([Path(p) for p in args.inputs], Path(args.output), **_options(args.set))
+    options = _options(args.set)
+    _check_options(module.ingest, options, f"ingest {args.source}")
+    out = module.ingest([Path(p) for p in args.inputs], Path(args.output), **options)
     print(f"wrote {out}")
 
 
 def _cmd_demo_data(args: argparse.Namespace) -> None:
     module = importlib.import_module(f"diffinv.demo.{args.kind}")
-    paths = module.write_demo(Path(args.output), seed=args.seed, **_options(args.set))
+    options = _options(args.set)
+    _check_options(module.write_demo, options, f"demo-data {args.kind}")
+    paths = module.write_demo(Path(args.output), seed=args.seed, **options)
     print(f"wrote {len(paths)} files under {args.output}")
 
 

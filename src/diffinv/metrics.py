@@ -16,6 +16,6 @@ def image_metrics(truth: np.ndarray, estimate: np.ndarray) -> dict[str, float]:
     maxval = float(gt.max())
     return {
         "psnr": float(evaluate.psnr(gt, pred, maxval=maxval)),
-        "ssim": float(evaluate.ssim(gt, pred, maxval=maxval)),
+        "ssim": float(np.asarray(evaluate.ssim(gt, pred, maxval=maxval)).item()),
         "nmse": float(evaluate.nmse(gt, pred)),
     }

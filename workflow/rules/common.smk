@@ -1,4 +1,4 @@
-# Helpers shared by the rule files: config validation and path functions only.
+# Helpers shared by the rule files (config validation, path functions); no rules here.
 import json
 import shlex
 import sys
@@ -9,18 +9,13 @@ from diffinv.config import validate_config  # noqa: E402
 config.update(validate_config(config, "config (config/config.yaml + --config)"))
 
 # The CLI of the diffinv source tree that ships with this workflow.
-DIFFINV = f"PYTHONPATH={workflow.basedir}/src${{PYTHONPATH:+:$PYTHONPATH}} python -m diffinv"
+DIFFINV = (
+    f"PYTHONPATH={workflow.basedir}/src${{PYTHONPATH:+:$PYTHONPATH}} python -m diffinv"
+)
 MRI = config["mri"]
 MRI_DATASET = MRI["dataset"]
 MRI_METHODS = [f"{m['solver']}-{m['guidance']}" for m in MRI["sampling"]["methods"]]
 MRI_ACCELERATIONS = MRI["sampling"]["accelerations"]
-
-
-wildcard_constraints:
-    dataset=r"[A-Za-z0-9_.-]+",
-    acc=r"\d+",
-    method=r"[A-Za-z0-9_]+-[A-Za-z0-9_]+",
-    split=r"train|eval",
 
 
 def config_json(wildcards):
@@ -42,7 +37,9 @@ def mri_ingest_options(wildcards):
 def mri_inputs(wildcards):
     """Files or folders of one split: the demo folder, or the paths in the config."""
     if MRI["data"]["demo"]:
-        return [f"resources/demo/mri/{'train' if wildcards.split == 'train' else 'val'}"]
+        return [
+            f"resources/demo/mri/{'train' if wildcards.split == 'train' else 'val'}"
+        ]
     return MRI["data"]["train" if wildcards.split == "train" else "eval"]
 
 
@@ -52,7 +49,7 @@ def mri_prior():
 
 
 def all_outputs():
-    """Everything `rule all` asks for."""
+    """Every final output of the workflow."""
     out = [f"results/mri/{MRI_DATASET}/summary.csv"]
     out += expand(
         "results/mri/{dataset}/{acc}x/{method}/figures",

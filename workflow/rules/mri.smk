@@ -10,10 +10,11 @@ rule demo_mri:
     conda:
         "../../envs/cpu.yaml"
     params:
+        cli=DIFFINV,
         seed=config["seed"],
         options=mri_demo_options,
     shell:
-        "{DIFFINV} demo-data mri -o resources/demo/mri --seed {params.seed} "
+        "{params.cli} demo-data mri -o resources/demo/mri --seed {params.seed} "
         "{params.options} > {log} 2>&1"
 
 
@@ -27,16 +28,17 @@ rule ingest_mri:
     conda:
         "../../envs/cpu.yaml"
     params:
+        cli=DIFFINV,
         options=mri_ingest_options,
     shell:
-        "{DIFFINV} ingest fastmri {input} -o {output} {params.options} > {log} 2>&1"
+        "{params.cli} ingest fastmri {input} -o {output} {params.options} > {log} 2>&1"
 
 
 rule train_prior_mri:
     input:
         "results/mri/{dataset}/data/train.zarr",
     output:
-        directory("results/mri/{dataset}/prior"),
+        prior=directory("results/mri/{dataset}/prior"),
         loss=report(
             "results/mri/{dataset}/prior/loss.png",
             caption="../report/loss.rst",
@@ -50,10 +52,11 @@ rule train_prior_mri:
     resources:
         gpu=1,
     params:
+        cli=DIFFINV,
         config=config_json,
     shell:
-        "OMP_NUM_THREADS={threads} {DIFFINV} train mri --data {input} "
-        "-o {output[0]} --config-json {params.config} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.cli} train mri --data {input} "
+        "-o {output.prior} --config-json {params.config} > {log} 2>&1"
 
 
 rule sample_mri:
@@ -70,9 +73,10 @@ rule sample_mri:
     resources:
         gpu=1,
     params:
+        cli=DIFFINV,
         config=config_json,
     shell:
-        "OMP_NUM_THREADS={threads} {DIFFINV} sample mri --data {input.data} "
+        "OMP_NUM_THREADS={threads} {params.cli} sample mri --data {input.data} "
         "--prior {input.prior} --acceleration {wildcards.acc} "
         "--method {wildcards.method} -o {output} --config-json {params.config} "
         "> {log} 2>&1"
@@ -94,8 +98,10 @@ rule evaluate_mri:
         "logs/mri/{dataset}/{acc}x/{method}/evaluate.log",
     conda:
         "../../envs/cpu.yaml"
+    params:
+        cli=DIFFINV,
     shell:
-        "{DIFFINV} evaluate {input} --metrics {output.metrics} "
+        "{params.cli} evaluate {input} --metrics {output.metrics} "
         "--figures {output.figures} > {log} 2>&1"
 
 
@@ -116,5 +122,7 @@ rule summarise_mri:
         "logs/mri/{dataset}/summarise.log",
     conda:
         "../../envs/cpu.yaml"
+    params:
+        cli=DIFFINV,
     shell:
-        "{DIFFINV} summarise {input} -o {output} > {log} 2>&1"
+        "{params.cli} summarise {input} -o {output} > {log} 2>&1"

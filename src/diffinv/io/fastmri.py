@@ -171,18 +171,20 @@ def ingest(inputs: Sequence[Path], out: Path, kspace_crop: Sequence[int] | None 
     files of different widths to one grid). Written atomically.
     """
     files = find_files(inputs)
-    first_shape = None
+    record = provenance(step="ingest fastmri", source_files=[str(f) for f in files], options={"kspace_crop": kspace_crop})
+    first: xr.Dataset | None = None
     with atomic_path(out) as tmp:
-        for i, (path, ds) in enumerate(iter_files(files, kspace_crop)):
-            shape = ds["kspace"].shape[1:]
-            if first_shape is None:
-                first_shape = shape
-                ds = set_provenance(ds, provenance(step="ingest fastmri", source_files=[str(f) for f in files], options={"kspace_crop": kspace_crop}))
+        for path, ds in iter_files(files, kspace_crop):
+            ds = set_provenance(ds, record)
+            if first is None:
+                first = ds
                 create_zarr(ds, tmp)
-            elif shape != first_shape or ("target" in ds) != has_target:
-                raise InputError(path, f"k-space (coil, readout, phase) {shape} differs from {first_shape} of {files[0].name}, or target presence differs", "ingest files of one shape and split per store, or set kspace_crop")
-            else:
-                append_zarr(ds, tmp, append_dim="slice")
-            if i == 0:
-                has_target = "target" in ds
+                continue
+            if ds["kspace"].shape[1:] != first["kspace"].shape[1:] or ("target" in ds) != ("target" in first):
+                raise InputError(
+                    path,
+                    f"k-space (coil, readout, phase) {ds['kspace'].shape[1:]} or target presence differs from {files[0].name}",
+                    "ingest files of one shape and kind per store, or set kspace_crop",
+                )
+            append_zarr(ds, tmp, append_dim="slice")
     return out

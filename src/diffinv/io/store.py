@@ -15,6 +15,7 @@ import platform
 import shutil
 import subprocess
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from importlib import metadata
@@ -97,7 +98,9 @@ def open_zarr(path: str | os.PathLike[str]) -> xr.Dataset:
     if not p.exists():
         raise InputError(p, "no such zarr store", "run the step that writes it first, or fix the path")
     try:
-        return xr.open_zarr(p, consolidated=False)
+        with warnings.catch_warnings():  # Snakemake's .snakemake_timestamp in directory() outputs
+            warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")
+            return xr.open_zarr(p, consolidated=False)
     except Exception as exc:  # zarr raises several types for a broken store
         raise InputError(p, f"not a readable zarr store ({type(exc).__name__}: {exc})", "delete it and rerun the step that writes it") from exc
 
