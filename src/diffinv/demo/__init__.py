@@ -1,0 +1,1 @@
+"""Generators that write demo inputs in the real file formats."""
