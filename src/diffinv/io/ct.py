@@ -345,7 +345,7 @@ def _nexus(path: Path, options: dict[str, Any]) -> Scan:
 
 def open_scan(path: str | Path, **options: Any) -> Scan:
     """Detect the layout of ``path`` and return its :class:`Scan` (nothing large is read yet)."""
-    opt.check_options("ct", options, OPTIONS)
+    opt.check_options("ingest ct", options, OPTIONS)
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such file", "fix the path")

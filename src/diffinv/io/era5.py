@@ -239,7 +239,7 @@ def read_era5(path: str | Path, **options: Any) -> xr.Dataset:
     xarray.Dataset
         Lazy dataset in the schema of the module docstring; ``.load()`` reads it.
     """
-    opt.check_options("era5", options, OPTIONS)
+    opt.check_options("ingest era5", options, OPTIONS)
     path = Path(path)
     ds = open_era5(path, options.get("grib_filter"))
     ds = _normalise(ds, path, int(options.get("climatology_year", 2000)))
@@ -281,7 +281,7 @@ def ingest(inputs: list[Path], out: Path, **options: Any) -> Path:
     **options
         See :data:`OPTIONS`.
     """
-    opt.check_options("era5", options, OPTIONS)
+    opt.check_options("ingest era5", options, OPTIONS)
     reader_options = {k: v for k, v in options.items() if k != "time_chunk"}
     datasets = sorted(((read_era5(p, **reader_options), Path(p)) for p in inputs), key=lambda dp: dp[0]["time"].values[0])
     first = datasets[0][0]

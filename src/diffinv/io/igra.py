@@ -473,7 +473,7 @@ class _Reader:
 
 
 def _reader(paths: Iterable[str | Path], options: dict[str, Any]) -> _Reader:
-    opt.check_options("igra", options, OPTIONS)
+    opt.check_options("ingest igra", options, OPTIONS)
     files = _expand(paths)
     stations = options.get("stations")
     selection = Selection(

@@ -22,12 +22,12 @@ from diffinv.errors import ConfigError
 LON_CONVENTIONS = ("-180..180", "0..360")
 
 
-def check_options(source: str, options: Mapping[str, Any], valid: Mapping[str, str]) -> None:
+def check_options(context: str, options: Mapping[str, Any], valid: Mapping[str, str]) -> None:
     """Raise :class:`ConfigError` naming the first unknown option and listing the valid ones."""
     unknown = sorted(set(options) - set(valid))
     if unknown:
         listing = "; ".join(f"{k}: {v}" for k, v in sorted(valid.items()))
-        raise ConfigError(f"ingest {source}: unknown option {unknown[0]!r} (fix: use one of: {listing})")
+        raise ConfigError(f"{context}: unknown option {unknown[0]!r} (fix: use one of: {listing})")
 
 
 def _pair(name: str, value: Any) -> tuple[Any, Any]:
