@@ -83,19 +83,22 @@ def write_zarr_blocks(
 ) -> Path:
     """Write a stream of datasets, concatenated along ``append_dim``, to one store atomically.
 
-    The first block creates the store (with ``encoding``), later blocks are appended, so
-    memory holds one block at a time. The store appears at ``path`` only once every block
-    is written; an exception from the iterator leaves nothing behind.
+    The first block creates the store (with ``encoding``) and sets the store's attributes;
+    later blocks are appended carrying those attributes (an append replaces them). Memory
+    holds one block at a time. The store appears at ``path`` only once every block is
+    written; an exception from the iterator leaves nothing behind.
     """
     with atomic_path(path) as tmp:
-        empty = True
+        attrs = None
         for block in blocks:
-            if empty:
+            if attrs is None:
                 write_zarr(block, tmp, encoding)
-                empty = False
+                attrs = dict(block.attrs)
             else:
+                block = block.copy(deep=False)
+                block.attrs = dict(attrs)
                 append_zarr(block, tmp, append_dim)
-        if empty:
+        if attrs is None:
             raise InputError(path, "no data to write: the inputs or the selection are empty", "check the inputs and the selection options")
     return Path(path)
 
