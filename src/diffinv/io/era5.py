@@ -16,7 +16,7 @@ Output schema (``read_era5`` and the store written by ``ingest``):
 - ``time`` datetime64[ns] (the valid time); ``level`` in hPa; ``latitude`` ascending;
   ``longitude`` in the declared convention (option ``lon_convention``, default ``-180..180``,
   recorded in ``attrs["longitude_convention"]``), ascending;
-- variables float32 with packing decoded, ECMWF short names (``t``, ``z``, ``u``, ``v``, ``q``,
+- variables with packing decoded (float32 in the store), ECMWF short names (``t``, ``z``, ``u``, ``v``, ``q``,
   ``t2m``...), CF ``units``, ``long_name`` and ``standard_name`` kept;
 - ``expver(time)`` as an integer (1 ERA5, 5 ERA5T) where the input has it.
 
