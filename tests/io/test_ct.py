@@ -72,7 +72,7 @@ def test_diamond_nexus_scan(real_data: Path, tmp_path: Path) -> None:
 
 def test_demo_lodopab_round_trip(demo_files: list[Path], tmp_path: Path) -> None:
     assert [p.name for p in demo_files] == ["observation_test_000.hdf5", "observation_test_001.hdf5"]
-    ds = xr.open_zarr(ingest(demo_files, tmp_path / "ct.zarr"), consolidated=False).load()
+    ds = xr.open_zarr(ingest([demo_files[0].parent], tmp_path / "ct.zarr"), consolidated=False).load()  # folder: observations, truth beside
     _layout(ds)
     assert dict(ds.sizes) == {"projection": 8, "angle": 30, "detector": 2 * 23 + 1, "y": 32, "x": 32}
     np.testing.assert_allclose(ds["angle"].values, (np.arange(30) + 0.5) * np.pi / 30)

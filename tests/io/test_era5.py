@@ -109,7 +109,7 @@ def test_demo_new_cds_layout_round_trip(demo_files: list[Path], tmp_path: Path) 
     raw = _open(demo_files[0], decode_times=False)
     assert {"valid_time", "pressure_level", "number", "expver"} <= set(raw.variables)
     assert raw["valid_time"].attrs["units"] == "seconds since 1970-01-01" and raw["expver"].dtype.kind in "OU"
-    store = xr.open_zarr(ingest(demo_files[::-1], tmp_path / "demo.zarr"), consolidated=False).load()
+    store = xr.open_zarr(ingest([demo_files[0].parent], tmp_path / "demo.zarr"), consolidated=False).load()  # a folder of files
     truth = demo_era5.synthetic_atmosphere(1)
     _schema(store)
     assert store.sizes["time"] == 16 and store["expver"].values.tolist() == [1] * 16

@@ -6,7 +6,8 @@ between them (interpolated in ln p), with instrument-like noise (0.3 K, 3 % RH, 
 missing humidity above 300 hPa, occasional missing winds and values removed by QA (-8888),
 and QC flags. Data files are written gzip-compressed (``{id}-data.txt.gz``) with a last
 header that has no levels, as archive files sometimes end; derived files
-(``{id}-drvd.txt``) hold the surface and standard levels. Columns follow the NCEI IGRA v2.2
+(``derived/{id}-drvd.txt``, a subfolder so that the folder ingests as data files) hold the
+surface and standard levels. Columns follow the NCEI IGRA v2.2
 format descriptions.
 """
 
@@ -166,7 +167,7 @@ def write_demo(out: Path, seed: int, **options: Any) -> list[Path]:
     Returns
     -------
     list of Path
-        Data files (``.txt.gz``) then derived files (``.txt``).
+        Data files (``.txt.gz``) then derived files (``derived/*.txt``).
     """
     opt.check_options("demo-data igra", options, OPTIONS)
     fields = _fields(seed, options.get("era5"))
@@ -178,7 +179,7 @@ def write_demo(out: Path, seed: int, **options: Any) -> list[Path]:
     hours = fields["time"].dt.hour.values
     times = fields["time"].values[(hours == 0) | (hours == 12)]
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "derived").mkdir(parents=True, exist_ok=True)
     data_paths: list[Path] = []
     derived_paths: list[Path] = []
     for k in range(n):
@@ -197,7 +198,7 @@ def write_demo(out: Path, seed: int, **options: Any) -> list[Path]:
             data.append(_header(station, times[-1] + np.timedelta64(12, "h"), 9, lat[k], lon[k]))
         data_paths.append(_write(out / f"{station}-data.txt.gz", data))
         if options.get("derived", True):
-            derived_paths.append(_write(out / f"{station}-drvd.txt", derived))
+            derived_paths.append(_write(out / "derived" / f"{station}-drvd.txt", derived))
     return data_paths + derived_paths
 
 

@@ -418,14 +418,16 @@ def ingest(inputs: list[Path], out: Path, **options: Any) -> Path:
     Parameters
     ----------
     inputs
-        Files of one layout and geometry (same angles and detector), e.g. the LoDoPaB
-        observation files of a split.
+        Files of one layout and geometry (same angles and detector), or folders of them,
+        e.g. the LoDoPaB observation files of a split (``ground_truth_*`` files in folders
+        are read as the truth of their observations, not as inputs).
     out
         The zarr store to write (atomically: nothing appears on error).
     **options
         See :data:`OPTIONS`.
     """
-    scans = [open_scan(p, **options) for p in inputs]
+    files = opt.input_files(inputs, (".hdf5", ".h5", ".nxs", ".tif", ".tiff"), "CT projection")
+    scans = [open_scan(p, **options) for p in files if not p.name.startswith("ground_truth_")]
     first = scans[0]
     for scan in scans[1:]:
         if not _same_geometry(first, scan):

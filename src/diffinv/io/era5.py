@@ -76,6 +76,10 @@ _CHUNK_BYTES = 64 * 2**20
 _TIME_ENCODING = {"units": "seconds since 1970-01-01", "dtype": "int64"}
 
 
+def _is_zarr(path: Path) -> bool:
+    return any((path / name).exists() for name in ("zarr.json", ".zgroup", ".zattrs"))
+
+
 def open_era5(path: str | Path, grib_filter: dict[str, Any] | None = None) -> xr.Dataset:
     """Open one netCDF, GRIB or zarr input lazily, as it comes (no normalisation)."""
     path = Path(path)
@@ -274,8 +278,8 @@ def ingest(inputs: list[Path], out: Path, **options: Any) -> Path:
     Parameters
     ----------
     inputs
-        netCDF, GRIB files or zarr folders with the same variables, grid and levels; they
-        are ordered by their first time and must not overlap in time.
+        netCDF or GRIB files, folders of them, or zarr stores, with the same variables, grid
+        and levels; they are ordered by their first time and must not overlap in time.
     out
         The zarr store to write (atomically: nothing appears on error).
     **options
@@ -283,7 +287,8 @@ def ingest(inputs: list[Path], out: Path, **options: Any) -> Path:
     """
     opt.check_options("ingest era5", options, OPTIONS)
     reader_options = {k: v for k, v in options.items() if k != "time_chunk"}
-    datasets = sorted(((read_era5(p, **reader_options), Path(p)) for p in inputs), key=lambda dp: dp[0]["time"].values[0])
+    files = opt.input_files(inputs, (".nc", ".grib", ".grb", ".grib2", ".grb2"), "ERA5", is_input=_is_zarr)
+    datasets = sorted(((read_era5(p, **reader_options), p) for p in files), key=lambda dp: dp[0]["time"].values[0])
     first = datasets[0][0]
     for (ds, path), (prev, prev_path) in zip(datasets[1:], datasets[:-1]):
         _check_compatible(first, ds, path)

@@ -474,7 +474,7 @@ class _Reader:
 
 def _reader(paths: Iterable[str | Path], options: dict[str, Any]) -> _Reader:
     opt.check_options("ingest igra", options, OPTIONS)
-    files = _expand(paths)
+    files = opt.input_files(paths, (".txt", ".txt.gz"), "IGRA v2")
     stations = options.get("stations")
     selection = Selection(
         time=opt.time_range(options.get("time")),
@@ -484,21 +484,6 @@ def _reader(paths: Iterable[str | Path], options: dict[str, Any]) -> _Reader:
     )
     station_list = options.get("station_list")
     return _Reader(files, selection, read_station_list(station_list) if station_list else None, int(options.get("block_soundings", 2000)))
-
-
-def _expand(paths: Iterable[str | Path]) -> list[Path]:
-    """Files, and the ``*.txt``/``*.txt.gz`` files of folders, in a stable order."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(sorted(q for q in p.iterdir() if q.name.endswith((".txt", ".txt.gz"))))
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise InputError(p, "no such file or folder", "fix the path")
-    if not out:
-        raise InputError(", ".join(map(str, paths)), "no IGRA v2 files (*.txt, *.txt.gz) found", "pass IGRA v2 files or folders holding them")
-    return out
 
 
 def read_igra(paths: str | Path | Iterable[str | Path], **options: Any) -> xr.Dataset:

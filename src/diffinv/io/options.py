@@ -1,4 +1,4 @@
-"""Reader options shared by the ingest readers: validation, time ranges, lat/lon boxes.
+"""Reader inputs and options shared by the ingest readers: folders, validation, selections.
 
 Every reader takes its options as keyword arguments (``diffinv ingest SOURCE ... --set
 key=value``). The selection options mean the same in every reader:
@@ -11,12 +11,13 @@ key=value``). The selection options mean the same in every reader:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from diffinv.errors import ConfigError
+from diffinv.errors import ConfigError, InputError
 
 #: Longitude conventions an ingested store can declare (``attrs["longitude_convention"]``).
 LON_CONVENTIONS = ("-180..180", "0..360")
@@ -100,3 +101,22 @@ def wrap_lon(lon: np.ndarray, convention: str) -> np.ndarray:
         raise ConfigError(f"option lon_convention={convention!r}: unknown (fix: use one of {', '.join(LON_CONVENTIONS)})")
     lon = np.asarray(lon, dtype=float)
     return (lon + 180.0) % 360.0 - 180.0 if convention == "-180..180" else lon % 360.0
+
+
+def input_files(paths: Iterable[str | Path], suffixes: tuple[str, ...], what: str, is_input: Callable[[Path], bool] = lambda p: False) -> list[Path]:
+    """Files, and the files of folders whose names end with ``suffixes`` (sorted, not recursive).
+
+    A folder for which ``is_input`` is true (e.g. a zarr store) is an input itself.
+    """
+    out: list[Path] = []
+    paths = [Path(p) for p in paths]
+    for p in paths:
+        if p.is_dir() and not is_input(p):
+            out.extend(sorted(q for q in p.iterdir() if q.is_file() and q.name.lower().endswith(suffixes)))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise InputError(p, "no such file or folder", "fix the path")
+    if not out:
+        raise InputError(", ".join(map(str, paths)), f"no {what} files ({', '.join('*' + s for s in suffixes)}) found", f"pass {what} files or folders holding them")
+    return out
