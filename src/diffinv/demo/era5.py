@@ -185,7 +185,7 @@ def write_demo(out: Path, seed: int, **options: Any) -> list[Path]:
     for k, idx in enumerate(np.array_split(np.arange(ds.sizes["time"]), files)):
         path = out / f"era5_pl_{k}.nc"
         cds = to_cds_netcdf(ds.isel(time=idx))
-        encoding = {name: {"zlib": True, "complevel": 1} for name in cds.data_vars}
+        encoding = {name: {"zlib": True, "complevel": 1, "chunksizes": (1, *var.shape[1:])} for name, var in cds.data_vars.items()}
         tmp = path.with_name(path.name + ".tmp")
         cds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
         tmp.replace(path)

@@ -92,8 +92,10 @@ def open_era5(path: str | Path, grib_filter: dict[str, Any] | None = None) -> xr
             magic = fh.read(8)
         if magic[:4] == b"GRIB":
             return _open_grib(path, grib_filter)
-        if magic[:3] == b"CDF" or magic[:8] == b"\x89HDF\r\n\x1a\n":
+        if magic[:3] == b"CDF":
             return xr.open_dataset(path, engine="netcdf4", chunks=None)
+        if magic[:8] == b"\x89HDF\r\n\x1a\n":  # netCDF-4: h5py's small chunk cache keeps memory to a chunk
+            return xr.open_dataset(path, engine="h5netcdf", chunks=None)
     except InputError:
         raise
     except Exception as exc:  # the backends raise many types for corrupt input

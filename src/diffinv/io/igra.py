@@ -174,7 +174,7 @@ OPTIONS = {
     "lon": "[west, east] station longitude box in degrees, either convention",
     "stations": "list of IGRA station ids to keep",
     "station_list": "igra2-station-list.txt giving coordinates to derived files",
-    "block_soundings": "soundings parsed and written per block (default 2000)",
+    "block_soundings": "soundings parsed and written per block (default 500)",
 }
 
 _TIME_ENCODING = {"units": "seconds since 1970-01-01", "dtype": "int64"}
@@ -306,7 +306,8 @@ def _parse_header(path: Path, number: int, line: bytes, layout: Layout) -> Heade
             launch = launch - np.timedelta64(1, "D")
     else:
         nominal = launch if not np.isnat(launch) else _datetime(path, number, year, month, day, 0)
-    values = tuple(_convert(np.array([_int_field(path, number, line, c)]), c, layout.missing)[0] for c in layout.header_columns)
+    raws = (_int_field(path, number, line, c) for c in layout.header_columns)
+    values = tuple(np.nan if raw in layout.missing else raw * c.scale + c.offset for raw, c in zip(raws, layout.header_columns))
     station = line[1:12].decode("ascii", errors="replace").strip()
     return Header(number, station, nominal, launch, _int_field(path, number, line, layout.numlev), values)
 
@@ -483,7 +484,7 @@ def _reader(paths: Iterable[str | Path], options: dict[str, Any]) -> _Reader:
         stations=frozenset(map(str, stations)) if stations is not None else None,
     )
     station_list = options.get("station_list")
-    return _Reader(files, selection, read_station_list(station_list) if station_list else None, int(options.get("block_soundings", 2000)))
+    return _Reader(files, selection, read_station_list(station_list) if station_list else None, int(options.get("block_soundings", 500)))
 
 
 def read_igra(paths: str | Path | Iterable[str | Path], **options: Any) -> xr.Dataset:
