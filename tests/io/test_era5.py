@@ -126,6 +126,18 @@ def test_demo_new_cds_layout_round_trip(demo_files: list[Path], tmp_path: Path) 
     assert float(store["u"].sel(level=250).mean()) > float(store["u"].sel(level=850).mean()) + 5
 
 
+def test_arco_style_zarr_with_selection(tmp_path: Path) -> None:
+    fields = demo_era5.synthetic_atmosphere(0, lon=[0, 30])
+    arco = fields.rename(t="temperature", z="geopotential").drop_vars(["u", "v", "q"]).isel(latitude=slice(None, None, -1))
+    arco.to_zarr(tmp_path / "arco.zarr", zarr_format=3, consolidated=False)
+    ds = read_era5(tmp_path / "arco.zarr", time=["2020-01-02", "2020-01-02T18"], lon=[5, 10], lon_convention="0..360").load()
+    _schema(ds, np.floating)
+    assert sorted(ds.data_vars) == ["t", "z"]
+    assert [str(t)[:13] for t in ds["time"].values] == ["2020-01-02T00", "2020-01-02T06", "2020-01-02T12", "2020-01-02T18"]
+    assert ds["longitude"].values.tolist() == [5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
+    np.testing.assert_array_equal(ds["t"].values, fields["t"].sel(time=ds["time"], longitude=ds["longitude"]).values)
+
+
 def test_ensemble_member_axis(tmp_path: Path) -> None:
     ds = demo_era5.to_cds_netcdf(demo_era5.synthetic_atmosphere(0, times=2))[["t"]].drop_vars("number")
     ens = xr.concat([ds, ds + 1], dim="number").assign_coords(number=[0, 1])

@@ -29,6 +29,7 @@ Conversion streams ``time_chunk`` time steps at a time, so memory holds one chun
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,14 @@ def _is_zarr(path: Path) -> bool:
     return any((path / name).exists() for name in ("zarr.json", ".zgroup", ".zattrs"))
 
 
+def _consolidated(path: Path) -> bool:
+    """Whether a zarr store has consolidated metadata (v2 ``.zmetadata`` or in v3 ``zarr.json``)."""
+    if (path / ".zmetadata").exists():
+        return True
+    meta = path / "zarr.json"
+    return meta.exists() and json.loads(meta.read_text()).get("consolidated_metadata") is not None
+
+
 def open_era5(path: str | Path, grib_filter: dict[str, Any] | None = None) -> xr.Dataset:
     """Open one netCDF, GRIB or zarr input lazily, as it comes (no normalisation)."""
     path = Path(path)
@@ -87,7 +96,7 @@ def open_era5(path: str | Path, grib_filter: dict[str, Any] | None = None) -> xr
         raise InputError(path, "no such file or folder", "fix the path")
     try:
         if path.is_dir():
-            return xr.open_dataset(path, engine="zarr", chunks=None)
+            return xr.open_dataset(path, engine="zarr", chunks=None, consolidated=_consolidated(path))
         with open(path, "rb") as fh:
             magic = fh.read(8)
         if magic[:4] == b"GRIB":
