@@ -115,13 +115,13 @@ def _angles_from_range(n: int, options: dict[str, Any]) -> np.ndarray:
     return np.deg2rad(np.linspace(start, stop, n, endpoint=bool(options.get("angle_endpoint", False))))
 
 
-def _to_radians(values: np.ndarray, units: str) -> np.ndarray:
-    units = units.lower()
-    if units in ("deg", "degree", "degrees"):
+def _to_radians(values: np.ndarray, units: str, where: str) -> np.ndarray:
+    """Angles in radians from ``units`` (deg or rad); ``where`` names the dataset in errors."""
+    if units.lower() in ("deg", "degree", "degrees"):
         return np.deg2rad(values)
-    if units in ("rad", "radian", "radians"):
+    if units.lower() in ("rad", "radian", "radians"):
         return values.astype(np.float64)
-    raise ValueError(units)
+    raise InputError(where, f"angle units {units!r} unknown", "set angle_units=deg or rad")
 
 
 def _attr_str(obj: h5py.HLObject, name: str, default: str = "") -> str:
@@ -241,7 +241,7 @@ def _intensity(path: Path, options: dict[str, Any]) -> Scan:
                 if name in f:
                     own[name] = _mean_frames(f[name][()], detector)
             if "angles" in f:
-                angles = _to_radians(f["angles"][()], _attr_str(f["angles"], "units", options.get("angle_units", "deg")))
+                angles = _to_radians(f["angles"][()], _attr_str(f["angles"], "units", options.get("angle_units", "deg")), f"{path}:/angles")
     flat = _field(options.get("flat"), "flat", own["flat"], detector)
     dark = _field(options.get("dark"), "dark", own["dark"], detector)
     width = int(options.get("open_beam_width", 10))
@@ -310,11 +310,7 @@ def _nexus(path: Path, options: dict[str, Any]) -> Scan:
         data_path, key_path, angles_path = _nexus_paths(f, path, options)
         key = f[key_path][()]
         ang = f[angles_path]
-        units = _attr_str(ang, "units", options.get("angle_units", "deg"))
-        try:
-            angles_all = _to_radians(ang[()], units)
-        except ValueError:
-            raise InputError(f"{path}:{angles_path}", f"angle units {units!r} unknown", "set angle_units=deg or rad") from None
+        angles_all = _to_radians(ang[()], _attr_str(ang, "units", options.get("angle_units", "deg")), f"{path}:{angles_path}")
         _, rows, cols = f[data_path].shape
     proj, flats, darks = (np.flatnonzero(key == k) for k in (0, 1, 2))
     if not len(proj):
