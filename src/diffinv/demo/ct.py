@@ -20,6 +20,7 @@ from skimage.transform import radon
 
 from diffinv.io import options as opt
 from diffinv.io.ct import LODOPAB_HALF_WIDTH, LODOPAB_MU_MAX, LODOPAB_PHOTONS
+from diffinv.io.store import atomic_path
 
 OPTIONS = {
     "volumes": "number of phantom volumes (default 2)",
@@ -97,9 +98,7 @@ def write_demo(out: Path, seed: int, **options: Any) -> list[Path]:
     for k, start in enumerate(range(0, len(truth), per_file)):
         obs_path = out / f"observation_{split}_{k:03d}.hdf5"
         for path, data in ((out / f"ground_truth_{split}_{k:03d}.hdf5", truth), (obs_path, observation)):
-            tmp = path.with_name(path.name + ".tmp")
-            with h5py.File(tmp, "w") as f:
+            with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
                 f.create_dataset("data", data=data[start : start + per_file], chunks=(1, *data.shape[1:]))
-            tmp.replace(path)
         paths.append(obs_path)
     return paths

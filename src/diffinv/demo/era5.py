@@ -26,6 +26,7 @@ import pandas as pd
 import xarray as xr
 
 from diffinv.io import options as opt
+from diffinv.io.store import atomic_path
 
 R_DRY = 287.05  # J kg-1 K-1
 GRAVITY = 9.80665  # m s-2
@@ -186,8 +187,7 @@ def write_demo(out: Path, seed: int, **options: Any) -> list[Path]:
         path = out / f"era5_pl_{k}.nc"
         cds = to_cds_netcdf(ds.isel(time=idx))
         encoding = {name: {"zlib": True, "complevel": 1, "chunksizes": (1, *var.shape[1:])} for name, var in cds.data_vars.items()}
-        tmp = path.with_name(path.name + ".tmp")
-        cds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            cds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
         paths.append(path)
     return paths

@@ -24,6 +24,7 @@ import xarray as xr
 from diffinv.demo.era5 import GRAVITY, R_DRY, saturation_vapour_pressure, synthetic_atmosphere
 from diffinv.io import options as opt
 from diffinv.io.era5 import read_era5
+from diffinv.io.store import atomic_path
 
 OPTIONS = {
     "era5": "ERA5 demo file or folder to sample (default: the era5 demo fields of the same seed)",
@@ -204,7 +205,6 @@ def write_demo(out: Path, seed: int, **options: Any) -> list[Path]:
 
 def _write(path: Path, lines: Sequence[str]) -> Path:
     text = ("\n".join(lines) + "\n").encode("ascii")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(gzip.compress(text, mtime=0) if path.suffix == ".gz" else text)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(gzip.compress(text, mtime=0) if path.suffix == ".gz" else text)
     return path

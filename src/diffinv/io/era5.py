@@ -115,7 +115,7 @@ def open_era5(path: str | Path, grib_filter: dict[str, Any] | None = None) -> xr
 def _open_grib(path: Path, grib_filter: dict[str, Any] | None) -> xr.Dataset:
     try:
         import cfgrib  # noqa: F401
-    except ImportError as exc:  # also raised when the ecCodes library is missing
+    except (ImportError, RuntimeError) as exc:  # RuntimeError: cfgrib without the ecCodes library
         raise InputError(path, f"reading GRIB needs cfgrib and ecCodes ({exc})", "pip install 'diffinv[grib]'") from exc
     kwargs = {"indexpath": "", "filter_by_keys": dict(grib_filter or {})}
     try:

@@ -356,33 +356,30 @@ def _block(path: Path, layout: Layout, headers: list[Header], coords: list[tuple
     level = np.arange(len(lines)) - np.repeat(np.cumsum(counts) - counts, counts)
     shape = (len(headers), max_levels)
 
-    def bad_field(bad: np.ndarray, name: str, start: int, stop: int) -> InputError:
-        i = int(np.flatnonzero(bad)[0])
-        text = bytes(rows[i, start - 1 : stop]).decode(errors="replace")
-        return InputError(f"{path}, line {numbers[i]}", f"columns {start}-{stop} ({name}) hold {text!r}", "pass unmodified IGRA v2 files with the NCEI fixed columns")
+    def checked(parsed: tuple[np.ndarray, np.ndarray], name: str, start: int, stop: int) -> np.ndarray:
+        values, bad = parsed
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            text = bytes(rows[i, start - 1 : stop]).decode(errors="replace")
+            raise InputError(f"{path}, line {numbers[i]}", f"columns {start}-{stop} ({name}) hold {text!r}", "pass unmodified IGRA v2 files with the NCEI fixed columns")
+        return values
 
+    def padded(values: np.ndarray, fill: float, dtype: type) -> np.ndarray:
+        out = np.full(shape, fill, dtype)
+        out[which, level] = values
+        return out
+
+    dims = ("sounding", "level")
     data: dict[str, Any] = {"num_levels": (("sounding",), counts, {"long_name": "number of levels in the sounding", "units": "1"})}
     for col in layout.level_columns:
-        raw, bad = _parse_ints(rows, col)
-        if bad.any():
-            raise bad_field(bad, col.name, col.start, col.stop)
-        out = np.full(shape, np.nan, np.float32)
-        out[which, level] = _convert(raw, col, layout.missing)
-        data[col.name] = (("sounding", "level"), out, {"units": col.units, "long_name": col.long_name})
+        raw = checked(_parse_ints(rows, col), col.name, col.start, col.stop)
+        data[col.name] = (dims, padded(_convert(raw, col, layout.missing), np.nan, np.float32), {"units": col.units, "long_name": col.long_name})
     for col in layout.level_codes:
-        raw, bad = _parse_ints(rows, col)
-        if bad.any():
-            raise bad_field(bad, col.name, col.start, col.stop)
-        out = np.full(shape, -1, np.int8)
-        out[which, level] = raw
-        data[col.name] = (("sounding", "level"), out, {"long_name": col.long_name, "comment": "-1 beyond num_levels"})
+        raw = checked(_parse_ints(rows, col), col.name, col.start, col.stop)
+        data[col.name] = (dims, padded(raw, -1, np.int8), {"long_name": col.long_name, "comment": "-1 beyond num_levels"})
     for flag in layout.flags:
-        code, bad = _parse_flags(rows, flag)
-        if bad.any():
-            raise bad_field(bad, flag.name, flag.col, flag.col)
-        out = np.full(shape, -1, np.int8)
-        out[which, level] = code
-        data[flag.name] = (("sounding", "level"), out, {"long_name": f"{flag.long_name} QC flag", "flag_values": [0, 1, 2], "flag_meanings": "blank A B", "comment": f"{_FLAG_MEANING}; -1 beyond num_levels"})
+        code = checked(_parse_flags(rows, flag), flag.name, flag.col, flag.col)
+        data[flag.name] = (dims, padded(code, -1, np.int8), {"long_name": f"{flag.long_name} QC flag", "flag_values": [0, 1, 2], "flag_meanings": "blank A B", "comment": f"{_FLAG_MEANING}; -1 beyond num_levels"})
     for k, col in enumerate(layout.header_columns):
         if col.name in ("latitude", "longitude"):
             continue
