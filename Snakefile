@@ -21,6 +21,7 @@ wildcard_constraints:
     split=r"train|eval",
 
 
+include: "workflow/rules/data.smk"
 include: "workflow/rules/mri.smk"
 include: "workflow/rules/report.smk"
 

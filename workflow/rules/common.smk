@@ -59,4 +59,9 @@ def all_outputs():
     )
     if not MRI["prior"]["checkpoint"]:
         out.append(f"results/mri/{MRI_DATASET}/prior/loss.png")
+    out += [
+        f"results/data/{source}.zarr"
+        for source in ("era5", "igra", "ct")
+        if source in config["data"]
+    ]
     return out

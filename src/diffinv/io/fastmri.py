@@ -28,7 +28,7 @@ import numpy as np
 import xarray as xr
 
 from diffinv.errors import InputError
-from diffinv.io.store import append_zarr, atomic_path, create_zarr, provenance, set_provenance
+from diffinv.io.store import provenance, set_provenance, write_zarr_blocks
 
 NS = {"m": "http://www.ismrm.org/ISMRMRD"}
 TARGET_NAMES = ("reconstruction_rss", "reconstruction_esc")
@@ -158,10 +158,20 @@ def find_files(inputs: Sequence[Path]) -> list[Path]:
     return files
 
 
-def iter_files(files: Sequence[Path], kspace_crop: Sequence[int] | None) -> Iterator[tuple[Path, xr.Dataset]]:
-    """Read files one at a time (memory bounded by one file)."""
+def iter_files(files: Sequence[Path], kspace_crop: Sequence[int] | None) -> Iterator[xr.Dataset]:
+    """Read files one at a time (memory bounded by one file), checking they share one grid."""
+    first: xr.Dataset | None = None
     for path in files:
-        yield path, read_file(path, kspace_crop)
+        ds = read_file(path, kspace_crop)
+        if first is None:
+            first = ds
+        elif ds["kspace"].shape[1:] != first["kspace"].shape[1:] or ("target" in ds) != ("target" in first):
+            raise InputError(
+                path,
+                f"k-space (coil, readout, phase) {ds['kspace'].shape[1:]} or target presence differs from {files[0].name}",
+                "ingest files of one shape and kind per store, or set kspace_crop",
+            )
+        yield ds
 
 
 def ingest(inputs: Sequence[Path], out: Path, kspace_crop: Sequence[int] | None = None) -> Path:
@@ -172,19 +182,5 @@ def ingest(inputs: Sequence[Path], out: Path, kspace_crop: Sequence[int] | None 
     """
     files = find_files(inputs)
     record = provenance(step="ingest fastmri", source_files=[str(f) for f in files], options={"kspace_crop": kspace_crop})
-    first: xr.Dataset | None = None
-    with atomic_path(out) as tmp:
-        for path, ds in iter_files(files, kspace_crop):
-            ds = set_provenance(ds, record)
-            if first is None:
-                first = ds
-                create_zarr(ds, tmp)
-                continue
-            if ds["kspace"].shape[1:] != first["kspace"].shape[1:] or ("target" in ds) != ("target" in first):
-                raise InputError(
-                    path,
-                    f"k-space (coil, readout, phase) {ds['kspace'].shape[1:]} or target presence differs from {files[0].name}",
-                    "ingest files of one shape and kind per store, or set kspace_crop",
-                )
-            append_zarr(ds, tmp, append_dim="slice")
-    return out
+    blocks = (set_provenance(ds, record) for ds in iter_files(files, kspace_crop))
+    return write_zarr_blocks(blocks, out, append_dim="slice")

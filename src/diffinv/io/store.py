@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -90,6 +90,31 @@ def append_zarr(ds: xr.Dataset, path: str | os.PathLike[str], append_dim: str) -
     the store appears only once complete.
     """
     portable_strings(ds).to_zarr(path, mode="a", append_dim=append_dim, zarr_format=ZARR_FORMAT, consolidated=False)
+
+
+def write_zarr_blocks(
+    blocks: Iterable[xr.Dataset], path: str | os.PathLike[str], append_dim: str, encoding: Mapping | None = None
+) -> Path:
+    """Write a stream of datasets, concatenated along ``append_dim``, to one store atomically.
+
+    The first block creates the store (with ``encoding``) and sets the store's attributes;
+    later blocks are appended carrying those attributes (an append replaces them). Memory
+    holds one block at a time. The store appears at ``path`` only once every block is
+    written; an exception from the iterator leaves nothing behind.
+    """
+    with atomic_path(path) as tmp:
+        attrs = None
+        for block in blocks:
+            if attrs is None:
+                create_zarr(block, tmp, encoding)
+                attrs = dict(block.attrs)
+            else:
+                block = block.copy(deep=False)
+                block.attrs = dict(attrs)
+                append_zarr(block, tmp, append_dim)
+        if attrs is None:
+            raise InputError(path, "no data to write: the inputs or the selection are empty", "check the inputs and the selection options")
+    return Path(path)
 
 
 def open_zarr(path: str | os.PathLike[str]) -> xr.Dataset:

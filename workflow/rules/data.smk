@@ -1,0 +1,119 @@
+# Data: demo inputs in the real file formats, and ingestion of ERA5, IGRA v2 and CT
+# projections into analysis-ready zarr stores (results/data/{era5,igra,ct}.zarr).
+# Config keys: data.seed, data.<source>.inputs (empty: the demo files),
+# data.<source>.options (reader options), data.<source>.demo (generator options);
+# see config/data_sources.example.yaml and docs/ingest.md.
+import json
+import shlex
+
+# Reader and generator options of each source as repeated `--set key=value` CLI arguments
+# (values as JSON, which the CLI reads as YAML), and the user's inputs (None: the demo).
+DATA = config.get("data", {})
+DATA_SEED = DATA.get("seed", 0)
+DATA_SET = {
+    (source, part): " ".join(
+        shlex.quote(f"--set={key}={json.dumps(value)}")
+        for key, value in (DATA.get(source, {}).get(part) or {}).items()
+    )
+    for source in ("era5", "igra", "ct")
+    for part in ("options", "demo")
+}
+DATA_INPUTS = {
+    source: DATA.get(source, {}).get("inputs") for source in ("era5", "igra", "ct")
+}
+
+
+rule demo_era5:
+    output:
+        directory("resources/demo/era5"),
+    log:
+        "logs/data/demo_era5.log",
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        cli=DIFFINV,
+        seed=DATA_SEED,
+        opts=DATA_SET["era5", "demo"],
+    shell:
+        "{params.cli} demo-data era5 -o {output} --seed {params.seed} {params.opts} > {log} 2>&1"
+
+
+rule demo_igra:
+    input:
+        era5=rules.demo_era5.output,
+    output:
+        directory("resources/demo/igra"),
+    log:
+        "logs/data/demo_igra.log",
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        cli=DIFFINV,
+        seed=DATA_SEED,
+        opts=DATA_SET["igra", "demo"],
+    shell:
+        "{params.cli} demo-data igra -o {output} --seed {params.seed} --set era5={input.era5}"
+        " {params.opts} > {log} 2>&1"
+
+
+rule demo_ct:
+    output:
+        directory("resources/demo/ct"),
+    log:
+        "logs/data/demo_ct.log",
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        cli=DIFFINV,
+        seed=DATA_SEED,
+        opts=DATA_SET["ct", "demo"],
+    shell:
+        "{params.cli} demo-data ct -o {output} --seed {params.seed} {params.opts} > {log} 2>&1"
+
+
+rule ingest_era5:
+    input:
+        DATA_INPUTS["era5"] or rules.demo_era5.output,
+    output:
+        directory("results/data/era5.zarr"),
+    log:
+        "logs/data/ingest_era5.log",
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        cli=DIFFINV,
+        opts=DATA_SET["era5", "options"],
+    shell:
+        "{params.cli} ingest era5 {input} -o {output} {params.opts} > {log} 2>&1"
+
+
+rule ingest_igra:
+    input:
+        DATA_INPUTS["igra"] or rules.demo_igra.output,
+    output:
+        directory("results/data/igra.zarr"),
+    log:
+        "logs/data/ingest_igra.log",
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        cli=DIFFINV,
+        opts=DATA_SET["igra", "options"],
+    shell:
+        "{params.cli} ingest igra {input} -o {output} {params.opts} > {log} 2>&1"
+
+
+rule ingest_ct:
+    input:
+        DATA_INPUTS["ct"] or rules.demo_ct.output,
+    output:
+        directory("results/data/ct.zarr"),
+    log:
+        "logs/data/ingest_ct.log",
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        cli=DIFFINV,
+        opts=DATA_SET["ct", "options"],
+    shell:
+        "{params.cli} ingest ct {input} -o {output} {params.opts} > {log} 2>&1"
