@@ -25,7 +25,7 @@ from diffinv.diffusion.denoisers import Denoiser
 from diffinv.errors import InputError
 from diffinv.guidance import make_guidance
 from diffinv.io.store import open_zarr, provenance, set_provenance
-from diffinv.operators.mri import MRIOperator, estimate_sensitivities, ifft2c, sampling_mask
+from diffinv.operators.mri import MRIOperator, center_mask, estimate_sensitivities, ifft2c, sampling_mask
 from diffinv.solvers import CountingDenoiser, PerSampleNoise, make_solver, sample
 from diffinv.uncertainty import HallucinationScore
 
@@ -43,40 +43,50 @@ class MRICase:
     num_low: int
 
 
-def prepare_case(kspace: np.ndarray, acquired: np.ndarray, label: str, num_low: int) -> MRICase:
-    """Sensitivities, normalisation and (if fully sampled) the reference image of one slice."""
+def prepare_cases(kspace: np.ndarray, acquired: np.ndarray, labels: Sequence[str], num_low: int) -> list[MRICase]:
+    """Sensitivities, normalisation and (if fully sampled) reference images of a batch of slices.
+
+    ``kspace`` is (S, C, H, W) complex, ``acquired`` (S, W) bool; ``num_low`` calibration
+    lines (shared by the batch).
+    """
     k = torch.from_numpy(np.ascontiguousarray(kspace)).to(torch.complex64)
-    coils, _, width = k.shape
-    window = torch.zeros(width, dtype=torch.float32)
-    start = (width - num_low + 1) // 2
-    window[start : start + num_low] = 1.0
-    low = ifft2c(k * window)
+    coils, width = k.shape[1], k.shape[-1]
+    window = center_mask(width, num_low).to(torch.float32)
+    low_combined = (ifft2c(k * window).abs() ** 2).sum(1).sqrt()
+    scales = torch.quantile(low_combined.flatten(1), 0.99, dim=1)
     sens = estimate_sensitivities(k, num_low) if coils > 1 else None
-    low_combined = (low.abs() ** 2).sum(0).sqrt()
-    scale = float(torch.quantile(low_combined.flatten(), 0.99))
-    if not np.isfinite(scale) or scale <= 0:
-        raise InputError(label, "calibration lines hold no signal", "check the k-space and num_low_frequency")
-    acq = torch.from_numpy(np.asarray(acquired, bool))
-    truth = None
-    if bool(acq.all()):
-        img = ifft2c(k)
-        img = (sens.conj() * img).sum(0) if sens is not None else img[0]
-        truth = complex_to_channels(img / scale)
-    return MRICase(label, k / scale, sens, acq, truth, scale, num_low)
+    full = ifft2c(k)
+    full = (sens.conj() * full).sum(1) if sens is not None else full[:, 0]
+    cases = []
+    for i, label in enumerate(labels):
+        scale = float(scales[i])
+        if not np.isfinite(scale) or scale <= 0:
+            raise InputError(label, "calibration lines hold no signal", "check the k-space and num_low_frequency")
+        acq = torch.from_numpy(np.asarray(acquired[i], bool))
+        truth = complex_to_channels(full[i] / scale) if bool(acq.all()) else None
+        cases.append(MRICase(label, k[i] / scale, sens[i] if sens is not None else None, acq, truth, scale, num_low))
+    return cases
 
 
-def load_cases(store: Path, center_fraction: float, limit: int | None = None) -> list[MRICase]:
-    """Cases of an ingested fastMRI store (first ``limit`` slices)."""
+def load_cases(store: Path, center_fraction: float, limit: int | None = None, chunk: int = 256) -> list[MRICase]:
+    """Cases of an ingested fastMRI store (first ``limit`` slices), read ``chunk`` slices at a time."""
     ds = open_zarr(store)
     n = ds.sizes["slice"] if limit is None else min(limit, ds.sizes["slice"])
     width = ds.sizes["phase"]
-    cases = []
-    for i in range(n):
-        sl = ds.isel(slice=i)
-        num_low = int(sl["num_low_frequency"]) or max(2, int(round(width * center_fraction)))
-        label = f"{sl['file'].item()}:{int(sl['slice_in_file'])}"
-        cases.append(prepare_case(sl["kspace"].values, sl["mask"].values, label, num_low))
-    return cases
+    labels = [f"{f}:{int(i)}" for f, i in zip(ds["file"].values[:n], ds["slice_in_file"].values[:n])]
+    num_low_all = ds["num_low_frequency"].values[:n]
+    default_low = max(2, int(round(width * center_fraction)))
+    cases: list[MRICase] = []
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        block = ds.isel(slice=slice(start, stop))
+        kspace, acquired = block["kspace"].values, block["mask"].values
+        lows = [int(v) or default_low for v in num_low_all[start:stop]]
+        for low in sorted(set(lows)):
+            idx = [i for i, v in enumerate(lows) if v == low]
+            cases += prepare_cases(kspace[idx], acquired[idx], [labels[start + i] for i in idx], low)
+    order = {label: i for i, label in enumerate(labels)}
+    return sorted(cases, key=lambda c: order[c.label])
 
 
 def training_images(store: Path, center_fraction: float) -> Tensor:
