@@ -86,3 +86,13 @@ def test_conjugate_gradient_solves_each_sample_independently(rng):
     both = conjugate_gradient(lambda v: torch.einsum("ij,bj->bi", spd[0], v), b, torch.zeros_like(b), steps=3)
     assert torch.allclose(both[:1], x0, atol=1e-12), "a sample's CG must not depend on the batch"
     assert inner(b, b).shape == (2,)
+
+
+@pytest.mark.parametrize("kind", ["random", "equispaced", "equispaced_fraction"])
+@pytest.mark.parametrize("width", [16, 32, 37, 368])
+@pytest.mark.parametrize("acceleration", [4, 8, 16])
+def test_masks_hold_exactly_the_line_budget(kind, width, acceleration):
+    centre = int(round(width * 0.08))
+    for seed in range(3):
+        mask = sampling_mask(kind, width, acceleration, 0.08, seed)
+        assert int(mask.sum()) == max(centre, round(width / acceleration))

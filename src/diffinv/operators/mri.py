@@ -31,16 +31,34 @@ def ifft2c(kspace: Tensor) -> Tensor:
 
 
 def sampling_mask(kind: str, width: int, acceleration: float, center_fraction: float, seed: int) -> Tensor:
-    """A 1D column mask (width,) bool from fastMRI's mask functions, reproducible from ``seed``.
+    """A 1D column mask (width,) bool from fastMRI's mask functions with exactly round(W/R) lines.
 
     ``kind`` is one of fastMRI's mask types (``random``, ``equispaced``,
-    ``equispaced_fraction``, ``magic``, ``magic_fraction``).
+    ``equispaced_fraction``, ``magic``, ``magic_fraction``). fastMRI's functions can miss
+    the line budget by a few lines on small widths (random draws, overlap with the
+    centre); the budget is then met exactly by adding or dropping random non-centre
+    lines, reproducibly from ``seed``, so that masks compared at one acceleration always
+    hold the same number of lines.
     """
     if kind not in MASK_TYPES:
         raise ConfigError(f"mask.kind: unknown {kind!r} (fix: use one of {', '.join(MASK_TYPES)})")
-    func = create_mask_for_mask_type(kind, [center_fraction], [acceleration])
-    mask, _ = func((1, width, 1), offset=None, seed=seed)
-    return mask.reshape(width) > 0
+    num_low = int(round(width * center_fraction))
+    budget = max(num_low, int(round(width / acceleration)))
+    try:
+        mask, _ = create_mask_for_mask_type(kind, [center_fraction], [acceleration])((1, width, 1), offset=None, seed=seed)
+        mask = mask.reshape(width) > 0
+    except (ZeroDivisionError, ValueError):  # fastMRI fraction masks fail when the centre alone meets the budget
+        mask = center_mask(width, num_low)
+    rng = torch.Generator().manual_seed(int(seed))
+    centre = center_mask(width, num_low)
+    surplus = int(mask.sum()) - budget
+    if surplus > 0:
+        candidates = torch.nonzero(mask & ~centre).flatten()
+        mask[candidates[torch.randperm(len(candidates), generator=rng)[:surplus]]] = False
+    elif surplus < 0:
+        candidates = torch.nonzero(~mask).flatten()
+        mask[candidates[torch.randperm(len(candidates), generator=rng)[:-surplus]]] = True
+    return mask
 
 
 def center_mask(width: int, num_low_frequencies: int) -> Tensor:
@@ -115,7 +133,7 @@ class MRIOperator(LinearOperator):
         """Aᴴ y: the zero-filled (coil-combined) image, two channels."""
         return self.A_adjoint(y)
 
-    def project(self, x: Tensor, y: Tensor, cg_steps: int = 30) -> Tensor:
+    def project(self, x: Tensor, y: Tensor, cg_steps: int = 100) -> Tensor:
         """Hard data consistency: the point nearest ``x`` with A x = y.
 
         Single coil: exact, by replacing the measured k-space of x with y. Multi-coil:
