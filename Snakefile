@@ -23,7 +23,6 @@ wildcard_constraints:
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/mri.smk"
-include: "workflow/rules/report.smk"
 
 
 rule all:

@@ -89,3 +89,11 @@ def test_uncertainty_notebook_runs_headless_on_the_dag_output(run):
         del os.environ["DIFFINV_POSTERIOR"]
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "interval covers" in text and "RMSE / std ratio" in text
+
+
+def test_bad_config_stops_the_workflow_with_the_key_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mri:\n  sampling:\n    stepz: 3\n")
+    dry = snakemake(tmp_path, "--dry-run", extra_config=bad)
+    assert dry.returncode != 0
+    assert "mri.sampling: Additional properties are not allowed ('stepz' was unexpected)" in dry.stdout + dry.stderr

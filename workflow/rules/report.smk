@@ -1,1 +1,0 @@
-# Report-only helpers live in workflow/report/ (captions); no rules needed yet.
