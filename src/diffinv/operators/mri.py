@@ -61,6 +61,23 @@ def sampling_mask(kind: str, width: int, acceleration: float, center_fraction: f
     return mask
 
 
+def variable_density_mask(width: int, budget: int, num_low_frequencies: int, seed: int, power: float = 3.0) -> Tensor:
+    """Column mask with the centre lines plus random lines drawn with density ∝ (1 − |k|)^power.
+
+    Polynomial variable density as in Lustig, Donoho & Pauly 2007 (Sparse MRI, §III.B),
+    drawn without replacement; exactly ``budget`` lines in total.
+    """
+    mask = center_mask(width, num_low_frequencies)
+    k = torch.abs(torch.linspace(-1, 1, width, dtype=torch.float64))
+    density = (1 - k).clamp_min(1e-6) ** power
+    density[mask] = 0
+    extra = max(0, budget - int(mask.sum()))
+    if extra:
+        picks = torch.multinomial(density, extra, replacement=False, generator=torch.Generator().manual_seed(int(seed)))
+        mask[picks] = True
+    return mask
+
+
 def center_mask(width: int, num_low_frequencies: int) -> Tensor:
     """Column mask (width,) bool of the ``num_low_frequencies`` central lines (fastMRI's centring)."""
     mask = torch.zeros(width, dtype=torch.bool)
@@ -176,4 +193,5 @@ __all__ = [
     "num_low_frequencies_for",
     "rss",
     "sampling_mask",
+    "variable_density_mask",
 ]

@@ -102,6 +102,20 @@ def case_seed(seed: int, case: int, particle: int) -> int:
     return int(np.random.SeedSequence([seed, case, particle]).generate_state(1, np.uint64)[0] >> 1)
 
 
+def case_mask(case: MRICase, case_index: int, acceleration: int, kind: str, center_fraction: float, seed: int) -> Tensor:
+    """The retrospective mask of a fully sampled case, or the file's own mask otherwise."""
+    if not bool(case.acquired.all()):
+        return case.acquired  # prospectively undersampled file
+    return sampling_mask(kind, case.kspace.shape[-1], acceleration, center_fraction, seed=case_seed(seed, case_index, 0) % 2**32)
+
+
+def case_operator(case: MRICase, mask: Tensor, device: str) -> tuple[MRIOperator, Tensor]:
+    """The (multi-coil) operator of a case under ``mask`` and its measurement y (batch of 1)."""
+    sens = case.sensitivities[None].to(device) if case.sensitivities is not None else None
+    op = MRIOperator(mask.to(device), sens)
+    return op, op.mask * (case.kspace[None] if sens is not None else case.kspace).to(device)
+
+
 def no_prior_reconstruction(op: MRIOperator, y: Tensor, x_init: Tensor, clip: float | None, cg_steps: int, iterations: int, tol: float = 1e-6) -> Tensor:
     """The no-prior baseline: data-consistency CG and the value constraint, alternated to convergence."""
     x = x_init
@@ -126,16 +140,15 @@ def reconstruct_case(
     center_fraction: float,
     seed: int,
     device: str,
+    mask: Tensor | None = None,
 ) -> dict[str, Any]:
-    """Posterior samples and baselines for one case at one acceleration (normalised units)."""
-    width = case.kspace.shape[-1]
-    if bool(case.acquired.all()):
-        mask = sampling_mask(sampling["mask"]["kind"], width, acceleration, center_fraction, seed=case_seed(seed, case_index, 0) % 2**32)
-    else:
-        mask = case.acquired  # prospectively undersampled file: use its own mask
-    sens = case.sensitivities[None].to(device) if case.sensitivities is not None else None
-    op = MRIOperator(mask.to(device), sens)
-    y1 = op.mask * (case.kspace[None] if sens is not None else case.kspace).to(device)
+    """Posterior samples and baselines for one case at one acceleration (normalised units).
+
+    ``mask`` overrides the configured mask (used by the ADS stage's fixed-mask baselines).
+    """
+    if mask is None:
+        mask = case_mask(case, case_index, acceleration, sampling["mask"]["kind"], center_fraction, seed)
+    op, y1 = case_operator(case, mask, device)
     clip = getattr(prior, "clip", None)
     zero_filled = op.A_adjoint(y1)
     cg_steps = int(method.get("guidance_options", {}).get("cg_steps", 5))
