@@ -23,6 +23,7 @@ wildcard_constraints:
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/mri.smk"
+include: "workflow/rules/ads.smk"
 
 
 rule all:

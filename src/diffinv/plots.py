@@ -53,3 +53,39 @@ def plot_case(panels: dict[str, np.ndarray], std: np.ndarray, title: str, path: 
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_ads_case(entropy: np.ndarray, order: np.ndarray, masks: dict[str, np.ndarray], images: dict[str, np.ndarray], std: np.ndarray, title: str, path: Path) -> Path:
+    """ADS for one case: the mask growing (entropy per line at each acquisition, chosen line
+    marked), the final masks of every strategy, and truth / ADS mean / ADS std / baselines."""
+    n_img = len(images) + 1
+    fig, axes = plt.subplots(1, 2 + n_img, figsize=(2.4 * (2 + n_img), 2.8), dpi=110)
+    ax = axes[0]
+    shown = np.where(np.isfinite(entropy), entropy, np.nan)
+    ax.imshow(shown, aspect="auto", cmap="viridis", interpolation="nearest")
+    valid = order >= 0
+    ax.scatter(order[valid], np.arange(len(order))[valid], marker="x", c="red", s=12)
+    ax.set_xlabel("k-space column")
+    ax.set_ylabel("acquisition")
+    ax.set_title("line entropy (x: acquired)", fontsize=8)
+    ax = axes[1]
+    ax.imshow(np.stack(list(masks.values())).astype(float), aspect="auto", cmap="gray_r", interpolation="nearest")
+    ax.set_yticks(range(len(masks)), list(masks), fontsize=7)
+    ax.set_xlabel("k-space column")
+    ax.set_title("final masks", fontsize=8)
+    vmax = float(np.abs(next(iter(images.values()))).max())
+    for ax, (name, img) in zip(axes[2:], images.items()):
+        ax.imshow(np.abs(img), cmap="gray", vmin=0, vmax=vmax)
+        ax.set_title(name, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    im = axes[-1].imshow(std, cmap="magma")
+    axes[-1].set_title("ADS posterior std", fontsize=8)
+    axes[-1].set_xticks([])
+    axes[-1].set_yticks([])
+    fig.colorbar(im, ax=axes[-1], fraction=0.046)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

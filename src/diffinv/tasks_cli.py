@@ -71,6 +71,40 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     print(f"wrote {args.output} ({len(cases)} cases, {time.perf_counter() - start:.1f} s)")
 
 
+def _cmd_ads(args: argparse.Namespace) -> None:
+    from diffinv.diffusion.networks import load_denoiser
+    from diffinv.io.store import write_zarr
+    from diffinv.tasks.ads import run_ads
+    from diffinv.tasks.mri import load_cases
+
+    cfg = _config(args)
+    device = _setup(cfg)
+    mri, ads = cfg["mri"], cfg["ads"]
+    method = {"solver_options": {}, "guidance_options": {}, **ads["method"]}
+    prior = load_denoiser(Path(args.prior), device)
+    cases = load_cases(Path(args.data), mri["data"]["center_fraction"], ads["cases"])
+    train = [c for c in load_cases(Path(args.train), mri["data"]["center_fraction"], ads["greedy_slices"]) if c.truth is not None]
+    sampling = {**mri["sampling"], "samples": ads["particles"], "batch_size": ads["particles"]}
+    record = {"step": "ads", "config": cfg, "data": str(args.data), "train": str(args.train), "prior": str(args.prior)}
+    start = time.perf_counter()
+    ds = run_ads(cases, train, prior, args.acceleration, method, sampling, ads, mri["data"]["center_fraction"], cfg["seed"], device, record)
+    write_zarr(ds, Path(args.output))
+    print(f"wrote {args.output} ({len(cases)} cases, {time.perf_counter() - start:.1f} s)")
+
+
+def _cmd_ads_evaluate(args: argparse.Namespace) -> None:
+    from diffinv.tasks.evaluate import evaluate_ads
+
+    table = evaluate_ads(Path(args.store), Path(args.metrics), Path(args.figures))
+    print(table.groupby("strategy")[["psnr", "ssim", "nmse"]].mean().to_string())
+
+
+def _cmd_ads_summarise(args: argparse.Namespace) -> None:
+    from diffinv.tasks.evaluate import summarise_ads
+
+    print(summarise_ads([Path(m) for m in args.metrics], Path(args.output)).to_string(index=False))
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from diffinv.tasks.evaluate import evaluate
 
@@ -109,6 +143,26 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="output posterior.zarr")
     _add_config(p)
     p.set_defaults(func=_cmd_sample)
+
+    p = verbs.add_parser("ads", help="active diffusion subsampling of MRI k-space lines, with fixed-mask baselines")
+    p.add_argument("--data", required=True, help="ingested store to reconstruct (.zarr)")
+    p.add_argument("--train", required=True, help="ingested training store (for the greedy fixed mask)")
+    p.add_argument("--prior", required=True, help="checkpoint folder")
+    p.add_argument("--acceleration", type=int, required=True)
+    p.add_argument("-o", "--output", required=True, help="output ads.zarr")
+    _add_config(p)
+    p.set_defaults(func=_cmd_ads)
+
+    p = verbs.add_parser("ads-evaluate", help="metrics CSV and figures of an ADS store")
+    p.add_argument("store")
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--figures", required=True)
+    p.set_defaults(func=_cmd_ads_evaluate)
+
+    p = verbs.add_parser("ads-summarise", help="mean ADS metrics per acceleration and strategy")
+    p.add_argument("metrics", nargs="+")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=_cmd_ads_summarise)
 
     p = verbs.add_parser("evaluate", help="metrics CSV and figures of posterior stores")
     p.add_argument("stores", nargs="+")

@@ -49,6 +49,12 @@ def test_dag_writes_posteriors_following_the_zarr_contract(run):
     assert set(summary["reconstruction"]) == {"posterior_mean", "zero_filled", "no_prior"}
     assert summary["psnr"].notna().all() and (summary["cases"] == 2).all()
     assert (run / "results/mri/tiny/prior/loss.png").stat().st_size > 0
+    ads = open_zarr(run / "results/ads/tiny/4x/ads.zarr")
+    assert ads["samples"].dims == ("strategy", "case", "sample", "y", "x") and "acquisition_order" in ads
+    assert set(pd.read_csv(run / "results/ads/tiny/summary.csv")["strategy"]) == {"ads", "random", "equispaced", "variable_density", "greedy"}
+    assert len(list((run / "results/ads/tiny/4x/figures").glob("*.png"))) == 1
+    for source in ("era5", "igra", "ct"):
+        assert get_provenance(open_zarr(run / f"results/data/{source}.zarr"))
 
 
 def test_rerun_reuses_everything_and_report_builds(run):

@@ -16,6 +16,7 @@ MRI = config["mri"]
 MRI_DATASET = MRI["dataset"]
 MRI_METHODS = [f"{m['solver']}-{m['guidance']}" for m in MRI["sampling"]["methods"]]
 MRI_ACCELERATIONS = MRI["sampling"]["accelerations"]
+ADS_ACCELERATIONS = config["ads"]["accelerations"]
 
 
 def config_json(wildcards):

@@ -1,0 +1,69 @@
+"""ADS pieces: the entropy estimate, the acquisition schedule, budgets and the store."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffinv.config import validate_config
+from diffinv.demo.mri import write_demo
+from diffinv.diffusion.denoisers import NetworkDenoiser
+from diffinv.diffusion.networks import build_unet
+from diffinv.diffusion.schedule import VPSchedule
+from diffinv.io.fastmri import ingest
+from diffinv.tasks.ads import acquisition_steps, ads_metrics, greedy_mask, line_entropy, run_ads
+from diffinv.tasks.mri import load_cases
+
+
+def test_entropy_ranks_lines_by_particle_spread():
+    """Lines where particles agree have lower entropy than lines where they spread; for a
+    Gaussian cloud the estimate grows like d·log(spread)."""
+    g = torch.Generator().manual_seed(0)
+    n, w = 64, 5
+    base = torch.randn(1, 1, 3, w, dtype=torch.complex64, generator=g)
+    spread = torch.tensor([0.0, 0.1, 1.0, 3.0, 10.0])
+    k = base + spread * torch.randn(n, 1, 3, w, dtype=torch.complex64, generator=g)
+    h = line_entropy(k, bandwidth=1.0)
+    assert torch.all(h[1:] > h[:-1]), h
+    assert float(h[0]) == pytest.approx(0.0, abs=1e-6), "identical particles: entropy log N − log N = 0"
+    assert float(h[-1]) == pytest.approx(math.log(n), abs=0.05), "well-separated particles saturate at log N"
+
+
+@pytest.mark.parametrize("steps,acq,window", [(20, 5, (0.05, 0.6)), (10, 12, (0.0, 0.5)), (20, 0, (0.1, 0.9)), (4, 3, (0.9, 1.0))])
+def test_acquisitions_are_spread_over_the_window(steps, acq, window):
+    counts = acquisition_steps(steps, acq, window)
+    assert sum(counts) == acq and len(counts) == steps
+    used = [i for i, c in enumerate(counts) if c]
+    if acq:
+        assert used[0] >= min(steps - 1, int(window[0] * steps))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ads")
+    write_demo(root / "demo", seed=3, size=16, coils=2, slices_per_volume=2, train_volumes=2, val_volumes=1, test_volumes=0)
+    return load_cases(ingest([root / "demo" / "val"], root / "val.zarr"), 0.08), load_cases(ingest([root / "demo" / "train"], root / "train.zarr"), 0.08)
+
+
+def test_greedy_mask_meets_the_budget_and_keeps_the_centre(data):
+    _, train = data
+    mask = greedy_mask(train, budget=5, num_low=1)
+    assert int(mask.sum()) == 5 and bool(mask[8])
+
+
+def test_ads_store_holds_every_strategy_at_one_budget(data):
+    cases, train = data
+    torch.manual_seed(0)
+    prior = NetworkDenoiser(build_unet([16, 16], widths=[8, 16], norm_groups=4).eval().requires_grad_(False), VPSchedule(), "epsilon", clip=2.5)
+    cfg = validate_config({"ads": {"enabled": True, "particles": 4}, "mri": {"sampling": {"steps": 4, "samples": 4, "no_prior_iterations": 5}}})
+    sampling = {**cfg["mri"]["sampling"], "samples": 4, "batch_size": 4}
+    method = {"solver": "dpmpp_2m", "guidance": "dds", "solver_options": {}, "guidance_options": {}}
+    ds = run_ads(cases[:1], train, prior, 4, method, sampling, cfg["ads"], 0.08, 0, "cpu", {})
+    assert list(ds["strategy"].values) == ["ads", "random", "equispaced", "variable_density", "greedy"]
+    assert (ds["mask"].values.sum(-1) == 4).all(), "every strategy gets exactly W/R lines"
+    order = ds["acquisition_order"].values[0]
+    assert len(set(order.tolist())) == len(order) == 4 - cases[0].num_low, "centre lines + distinct acquisitions"
+    assert np.isnan(ds["entropy"].values[0, -1, order[:-1]]).all(), "acquired lines have no entropy"
+    rows = ads_metrics(ds)
+    assert len(rows) == 5 and all(np.isfinite(r["ssim"]) for r in rows)
