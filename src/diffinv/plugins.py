@@ -21,11 +21,17 @@ BUILTINS: dict[str, dict[str, str]] = {
         "ddpm": "diffinv.solvers.ddim:DDPM",
         "ddim": "diffinv.solvers.ddim:DDIM",
         "dpmpp_2m": "diffinv.solvers.dpmpp:DPMSolverPP2M",
+        "diffpir": "diffinv.solvers.diffpir:DiffPIRStep",
+        "ddrm": "diffinv.guidance.ddrm:DDRMSolver",
     },
     "guidance": {
         "none": "diffinv.guidance.base:Unconditional",
         "dps": "diffinv.guidance.dps:DPS",
         "dds": "diffinv.guidance.dds:DDS",
+        "pigdm": "diffinv.guidance.pigdm:PiGDM",
+        "diffpir": "diffinv.guidance.diffpir:DiffPIR",
+        "ddrm": "diffinv.guidance.ddrm:DDRM",
+        "gaussian_score": "diffinv.guidance.gaussian_score:GaussianScore",
     },
     "search": {},
 }

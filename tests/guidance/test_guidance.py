@@ -7,25 +7,14 @@ from diffinv.diffusion.denoisers import GaussianMixtureDenoiser
 from diffinv.diffusion.schedule import VPSchedule
 from diffinv.errors import ConfigError
 from diffinv.guidance import make_guidance
-from diffinv.operators.base import LinearOperator
+from diffinv.operators.svd import Inpainting
 from diffinv.plugins import available
 from diffinv.solvers import PerSampleNoise, make_solver, sample
 
 
-class Select(LinearOperator):
-    """Observe the first k coordinates."""
-
-    def __init__(self, k, noise_std=0.0):
-        self.k = k
-        self.noise_std = noise_std
-
-    def A(self, x):
-        return x[:, : self.k]
-
-    def A_adjoint(self, y):
-        out = torch.zeros(y.shape[0], 4, dtype=y.dtype)
-        out[:, : self.k] = y
-        return out
+def Select(k, noise_std=0.0):
+    """Observe the first k of 4 coordinates (an SVD operator, so every guidance applies)."""
+    return Inpainting(torch.arange(4) < k, noise_std)
 
 
 def _run(guidance_name, solver_name, n=4000, steps=40, **options):
