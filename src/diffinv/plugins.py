@@ -33,7 +33,10 @@ BUILTINS: dict[str, dict[str, str]] = {
         "ddrm": "diffinv.guidance.ddrm:DDRM",
         "gaussian_score": "diffinv.guidance.gaussian_score:GaussianScore",
     },
-    "search": {},
+    "search": {
+        "smc": "diffinv.search.smc:SMC",
+        "mcgdiff": "diffinv.search.smc:MCGdiff",
+    },
 }
 
 
