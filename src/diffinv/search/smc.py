@@ -91,7 +91,9 @@ class MCGdiff(SearchMethod):
     problems y = A x + σ_y n. Observed spectral coordinates carry the potential
     g_t(x_t) = N(α_t ȳ_i; x̄_{t,i}, σ_t² + α_t² σ_y²/s_i²), which equals the likelihood at
     the data end; the DDIM(η) kernel N(m, c²) (η = 1: DDPM) times g_t is sampled exactly, particles are
-    weighted by its normaliser over g_s and resampled systematically every step. Needs an
+    weighted by its normaliser over g_s and resampled systematically when the ESS falls
+    below ``ess_threshold``·N (resampling at every step, as the paper does, collapses the
+    genealogy over 100 steps). Needs an
     SVD operator and the *prior* denoiser (guidance ``none``); it uses the DDIM(η) kernel
     of the solver's schedule rather than the solver's own update (it needs its mean and
     variance). The kernel's variance adds the x0 uncertainty (a_t − ·)² Var(x0|x_s) with
@@ -103,8 +105,11 @@ class MCGdiff(SearchMethod):
     cite = "Cardoso et al. 2024, MCGdiff Alg. 1"
     population = True
 
-    def __init__(self, operator: LinearOperator | None = None, y: Tensor | None = None, reward: str | Reward | None = None, particles: int = 64, eta: float = 1.0, x0_var: float = 1.0, **options) -> None:
+    def __init__(self, operator: LinearOperator | None = None, y: Tensor | None = None, reward: str | Reward | None = None, particles: int = 64, eta: float = 1.0, x0_var: float = 1.0, ess_threshold: float = 0.5, **options) -> None:
         super().__init__(operator, y, reward, **options)
+        if not 0 <= ess_threshold <= 1:
+            raise ConfigError(f"search mcgdiff: ess_threshold must lie in [0, 1], got {ess_threshold}")
+        self.ess_threshold = float(ess_threshold)
         if not 0 < eta <= 1:
             raise ConfigError(f"search mcgdiff: eta must lie in (0, 1], got {eta}")
         if x0_var < 0:
@@ -137,7 +142,8 @@ class MCGdiff(SearchMethod):
         counter, tracker = CountingMemo(D), self.tracker(grid)
         sch = counter.schedule
         x, noise = x_T, BatchNoise.like(noise)
-        ess = torch.full((runs,), float(n), dtype=torch.float64)
+        log_w = torch.zeros(runs, n, dtype=torch.float64)
+        ess = min_ess = torch.full((runs,), float(n), dtype=torch.float64)
         for i in range(len(grid) - 1):
             s, t = grid[i], grid[i + 1]
             a_s, sig_s, a_t, sig_t = (float(v) for v in (sch.alpha(s), sch.sigma(s), sch.alpha(t), sch.sigma(t)))
@@ -154,16 +160,20 @@ class MCGdiff(SearchMethod):
             log_norm = torch.where(self.obs, log_norm, torch.zeros_like(log_norm)).reshape(x.shape[0], -1).sum(1)
             if i > 0:  # x_T comes from p_T alone; later particles carry the potential g_s
                 log_norm = log_norm - self._log_potential(xb, a_s, sig_s)
-            log_w = log_norm.to(torch.float64).reshape(runs, n)
+            log_w = log_w + log_norm.to(torch.float64).reshape(runs, n)
             ess = effective_sample_size(log_w)
-            idx = systematic_resample(log_w, self.generator)
-            mb, noise = mb[idx], noise.select(idx)
-            reindex_tracker(tracker, idx)
-            tracker(StepInfo(i, float(t), x, x0[idx]))
+            min_ess = torch.minimum(min_ess, ess)
+            if bool((ess < self.ess_threshold * n).any()):
+                idx = systematic_resample(log_w, self.generator)
+                mb, noise, log_w = mb[idx], noise.select(idx), torch.zeros_like(log_w)
+                reindex_tracker(tracker, idx)
+                x0 = x0[idx]
+            tracker(StepInfo(i, float(t), x, x0))
             post_var = torch.where(self.obs, c2 * v / (c2 + v), torch.full_like(v, c2))
             post_mean = torch.where(self.obs, (mb * v + target * c2) / (c2 + v), mb)
             z = self.svd.V_T(noise.randn(x.shape[1:], x.dtype))
             x = self.svd.V(post_mean + post_var.sqrt() * z)
-        pick = n * torch.arange(runs)  # particles are equally weighted after the last resampling
+        ess = effective_sample_size(log_w)
+        pick = torch.multinomial(torch.softmax(log_w, -1), 1, generator=self.generator)[:, 0] + n * torch.arange(runs)
         reindex_tracker(tracker, pick)
-        return self.result(x[pick], counter.nfe, tracker, ess)
+        return self.result(x[pick], counter.nfe, tracker, ess, min_ess=min_ess)
