@@ -36,6 +36,14 @@ BUILTINS: dict[str, dict[str, str]] = {
     "search": {
         "smc": "diffinv.search.smc:SMC",
         "mcgdiff": "diffinv.search.smc:MCGdiff",
+        "svdd": "diffinv.search.svdd:SVDD",
+        "dts": "diffinv.search.dts:DTS",
+        "dts_star": "diffinv.search.dts:DTSStar",
+        "best_of_n": "diffinv.search.best_of_n:BestOfN",
+        "zero_order": "diffinv.search.best_of_n:ZeroOrder",
+        "path_search": "diffinv.search.best_of_n:PathSearch",
+        "rbf": "diffinv.search.rbf:RBF",
+        "minority": "diffinv.search.minority:MinorityGuidance",
     },
 }
 

@@ -82,8 +82,10 @@ class ZeroOrder(SearchMethod):
 
 
 class PathSearch(SearchMethod):
-    """Search over paths: N beams; at every ``interval`` steps each beam spawns M children by
-    re-noising ``back`` steps and solving forward again; the N best x0 predictions survive.
+    """Search over paths: every ``interval`` steps, re-noise N beams into M children each and keep the N best.
+
+    Children go ``back`` steps up the grid by forward diffusion and are solved forward
+    again; the verifier scores their x0 predictions.
 
     Ma et al. 2025 (arXiv 2501.09732), §3.1 "search over paths". Multistep history
     restarts at each branching. The last segment ends with best-of-N.
