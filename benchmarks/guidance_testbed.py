@@ -68,7 +68,7 @@ def posterior_table(quick: bool) -> list[dict]:
         configs += [("ddpm-none-svdd-M8", lambda: searched(problem, "svdd", {"candidates": 8, "alpha": 1.0}, runs, 50)),
                     ("ddpm-none-best_of_n-8", lambda: searched(problem, "best_of_n", {"n": 8}, runs, 50)),
                     ("ddpm-none-rbf-400", lambda: searched(problem, "rbf", {"budget": 400}, runs, 50)),
-                    ("ddpm-dps-minority", lambda: searched(problem, "minority", {"weight": 0.5}, runs, 50, guidance="pigdm"))]
+                    ("ddpm-none-minority", lambda: searched(problem, "minority", {"weight": 0.5}, runs, 50))]
         seen = set()
         for label, run in configs:
             start = time.perf_counter()

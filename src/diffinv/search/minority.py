@@ -45,7 +45,8 @@ class MinorityGuidance(SearchMethod):
     Um et al. 2024 (ICLR), Eq. 9 guides with a classifier trained on binned minority
     scores; here the minority score of the denoised estimate is differentiated directly
     (self-guided form, Um & Ye 2024). ``weight = 0`` is the base sampler. Each step costs
-    1 + ``draws`` evaluations plus their backward pass.
+    1 + ``draws`` evaluations plus their backward pass. ``D`` must be differentiable (a prior
+    denoiser, or guidance ``none``; score-style guidance returns detached estimates).
     """
 
     cite = "Um et al. 2024, minority guidance Eq. 9"
