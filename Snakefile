@@ -17,7 +17,7 @@ include: "workflow/rules/common.smk"
 wildcard_constraints:
     dataset=r"[A-Za-z0-9_.-]+",
     acc=r"\d+",
-    method=r"[A-Za-z0-9_]+-[A-Za-z0-9_]+",
+    method=r"[A-Za-z0-9_]+-[A-Za-z0-9_]+(-[A-Za-z0-9_]+)?",
     split=r"train|eval",
 
 

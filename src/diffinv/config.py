@@ -85,3 +85,9 @@ def resolve_device(name: str) -> str:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device: {name!r} requested but CUDA is not available (fix: set device: auto or cpu)")
     return name
+
+
+def method_name(method: dict[str, Any]) -> str:
+    """The name of an mri.sampling.methods item: SOLVER-GUIDANCE, or SOLVER-GUIDANCE-SEARCH with a search."""
+    parts = [method["solver"], method["guidance"]] + ([method["search"]] if method.get("search") else [])
+    return "-".join(parts)

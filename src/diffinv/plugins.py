@@ -21,13 +21,30 @@ BUILTINS: dict[str, dict[str, str]] = {
         "ddpm": "diffinv.solvers.ddim:DDPM",
         "ddim": "diffinv.solvers.ddim:DDIM",
         "dpmpp_2m": "diffinv.solvers.dpmpp:DPMSolverPP2M",
+        "diffpir": "diffinv.solvers.diffpir:DiffPIRStep",
+        "ddrm": "diffinv.guidance.ddrm:DDRMSolver",
     },
     "guidance": {
         "none": "diffinv.guidance.base:Unconditional",
         "dps": "diffinv.guidance.dps:DPS",
         "dds": "diffinv.guidance.dds:DDS",
+        "pigdm": "diffinv.guidance.pigdm:PiGDM",
+        "diffpir": "diffinv.guidance.diffpir:DiffPIR",
+        "ddrm": "diffinv.guidance.ddrm:DDRM",
+        "gaussian_score": "diffinv.guidance.gaussian_score:GaussianScore",
     },
-    "search": {},
+    "search": {
+        "smc": "diffinv.search.smc:SMC",
+        "mcgdiff": "diffinv.search.smc:MCGdiff",
+        "svdd": "diffinv.search.svdd:SVDD",
+        "dts": "diffinv.search.dts:DTS",
+        "dts_star": "diffinv.search.dts:DTSStar",
+        "best_of_n": "diffinv.search.best_of_n:BestOfN",
+        "zero_order": "diffinv.search.best_of_n:ZeroOrder",
+        "path_search": "diffinv.search.best_of_n:PathSearch",
+        "rbf": "diffinv.search.rbf:RBF",
+        "minority": "diffinv.search.minority:MinorityGuidance",
+    },
 }
 
 

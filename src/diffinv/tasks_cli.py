@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from diffinv.config import load_config, resolve_device, validate_config
+from diffinv.config import load_config, method_name, resolve_device, validate_config
 from diffinv.errors import ConfigError
 
 
@@ -30,7 +30,7 @@ def _setup(cfg: dict[str, Any]) -> str:
 
 
 def _method(cfg: dict[str, Any], name: str) -> dict[str, Any]:
-    methods = {f"{m['solver']}-{m['guidance']}": m for m in cfg["mri"]["sampling"]["methods"]}
+    methods = {method_name(m): m for m in cfg["mri"]["sampling"]["methods"]}
     if name not in methods:
         raise ConfigError(f"--method {name!r}: not in mri.sampling.methods (fix: use one of {', '.join(methods)})")
     return methods[name]

@@ -4,7 +4,7 @@ import shlex
 import sys
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from diffinv.config import validate_config  # noqa: E402
+from diffinv.config import method_name, validate_config  # noqa: E402
 
 config.update(validate_config(config, "config (config/config.yaml + --config)"))
 
@@ -14,7 +14,7 @@ DIFFINV = (
 )
 MRI = config["mri"]
 MRI_DATASET = MRI["dataset"]
-MRI_METHODS = [f"{m['solver']}-{m['guidance']}" for m in MRI["sampling"]["methods"]]
+MRI_METHODS = [method_name(m) for m in MRI["sampling"]["methods"]]
 MRI_ACCELERATIONS = MRI["sampling"]["accelerations"]
 ADS_ACCELERATIONS = config["ads"]["accelerations"]
 

@@ -7,8 +7,10 @@ the measurements. Either way the solvers see only a denoiser.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from diffinv.diffusion.denoisers import Denoiser
@@ -32,6 +34,22 @@ class Guidance:
     def conditional(self, D: Denoiser, x: Tensor, t: Tensor) -> Tensor:
         """x0 estimate of the posterior given x_t."""
         raise NotImplementedError
+
+
+def score_guided(D: Denoiser, x: Tensor, t: Tensor, loglik: Callable[[Tensor, Tensor], Tensor], weight: float = 1.0) -> Tensor:
+    """Tweedie-corrected denoiser D + w (σ_t²/α_t) ∇_x log p̂(y | x_t), with log p̂ = ``loglik(D(x, t), t)``.
+
+    The gradient flows through the denoiser (Chung et al. 2023, Eq. 10; Song et al. 2023,
+    ΠGDM Eq. 8). ``loglik`` returns one value per particle.
+    """
+    sch = D.schedule
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        x0 = D(xg, t)
+        (grad,) = torch.autograd.grad(loglik(x0, t).sum(), xg)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    scale = (sch.sigma(t) ** 2 / sch.alpha(t)).to(x.dtype).reshape(shape)
+    return x0.detach() + weight * scale * grad
 
 
 class _Conditional:

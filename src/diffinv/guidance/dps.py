@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from diffinv.diffusion.denoisers import Denoiser
-from diffinv.guidance.base import Guidance
+from diffinv.guidance.base import Guidance, score_guided
 from diffinv.operators.base import LinearOperator, inner
 
 
@@ -27,18 +26,12 @@ class DPS(Guidance):
         self.squared = bool(squared)
 
     def conditional(self, D: Denoiser, x: Tensor, t: Tensor) -> Tensor:
-        sch = D.schedule
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            x0 = D(xg, t)
-            r = self.y - self.operator.A(x0)
-            sq = inner(r, r)
-            if self.squared:
-                noise_var = max(self.operator.noise_std, 1e-3) ** 2
-                loglik = -sq / (2 * noise_var)
-            else:
-                loglik = -sq.clamp_min(1e-30).sqrt()
-            (grad,) = torch.autograd.grad(loglik.sum(), xg)
-        shape = (-1,) + (1,) * (x.ndim - 1)
-        scale = (sch.sigma(t) ** 2 / sch.alpha(t)).to(x.dtype).reshape(shape)
-        return x0.detach() + self.zeta * scale * grad
+        return score_guided(D, x, t, self.loglik, self.zeta)
+
+    def loglik(self, x0: Tensor, t: Tensor) -> Tensor:
+        """−‖y − A x0‖ (or the Gaussian −‖y − A x0‖²/(2σ_y²) when ``squared``)."""
+        r = self.y - self.operator.A(x0)
+        sq = inner(r, r)
+        if self.squared:
+            return -sq / (2 * max(self.operator.noise_std, 1e-3) ** 2)
+        return -sq.clamp_min(1e-30).sqrt()

@@ -21,12 +21,14 @@ import xarray as xr
 from torch import Tensor
 
 from diffinv.complex import channels_to_complex, complex_to_channels
+from diffinv.config import method_name
 from diffinv.diffusion.denoisers import Denoiser
 from diffinv.errors import InputError
 from diffinv.guidance import make_guidance
 from diffinv.io.store import open_zarr, provenance, set_provenance
 from diffinv.operators.mri import MRIOperator, center_mask, estimate_sensitivities, ifft2c, sampling_mask
-from diffinv.solvers import CountingDenoiser, PerSampleNoise, make_solver, sample
+from diffinv.search import SearchMethod, make_search
+from diffinv.solvers import CountingDenoiser, PerSampleNoise, Solver, make_solver, sample
 from diffinv.uncertainty import HallucinationScore
 
 
@@ -157,26 +159,34 @@ def reconstruct_case(
     counter = CountingDenoiser(prior)
     solver = make_solver(method["solver"], prior.schedule, **method.get("solver_options", {}))
     grid = prior.schedule.grid(sampling["steps"], sampling["grid"])
-    samples, hal, resid = [], [], []
+    samples, hal, resid, ess = [], [], [], []
     n, bs = sampling["samples"], sampling["batch_size"]
     shape = (2,) + tuple(case.kspace.shape[-2:])
+    search = make_search(method["search"], op, y1, **method.get("search_options", {})) if method.get("search") else None
     start = time.perf_counter()
     for b0 in range(0, n, bs):
         idx = range(b0, min(n, b0 + bs))
-        noise = PerSampleNoise([case_seed(seed, case_index, 1 + i) for i in idx], device)
         y = y1.expand((len(idx),) + tuple(y1.shape[1:]))
-        guidance = make_guidance(method["guidance"], op, y, **method.get("guidance_options", {}))
-        x_t = noise.randn(shape) * float(prior.schedule.sigma(grid[0]))
-        tracker = HallucinationScore(len(grid) - 1, sampling["hallucination_steps"])
+        if search is None:
+            noise = PerSampleNoise([case_seed(seed, case_index, 1 + i) for i in idx], device)
+            guidance = make_guidance(method["guidance"], op, y, **method.get("guidance_options", {}))
+            x_t = noise.randn(shape) * float(prior.schedule.sigma(grid[0]))
+            tracker = HallucinationScore(len(grid) - 1, sampling["hallucination_steps"])
+            with torch.no_grad():
+                x = sample(solver, guidance(counter), x_t, grid, noise, callback=tracker)
+            hal.append(tracker.score().cpu())
+        else:
+            x, h, e = _search_batch(search, solver, counter, method, op, y1, grid, [case_seed(seed, case_index, 1 + i) for i in idx], shape, device)
+            hal.append(h)
+            ess.append(e)
         with torch.no_grad():
-            x = sample(solver, guidance(counter), x_t, grid, noise, callback=tracker)
             if sampling["final_dc"]:
                 x = op.project(x, y)
         samples.append(x.cpu())
-        hal.append(tracker.score().cpu())
         resid.append((op.residual(x, y) / op.residual(torch.zeros_like(x), y).clamp_min(1e-12)).cpu())
     wall = time.perf_counter() - start
     return {
+        "ess": torch.cat(ess) if ess and search.population else None,
         "samples": torch.cat(samples),
         "zero_filled": zero_filled[0].cpu(),
         "no_prior": no_prior[0].cpu(),
@@ -186,6 +196,21 @@ def reconstruct_case(
         "nfe": counter.nfe,
         "wall_time_s": wall,
     }
+
+
+def _search_batch(search: SearchMethod, solver: Solver, counter: Denoiser, method: dict[str, Any], op: MRIOperator, y1: Tensor, grid: Tensor, seeds: list[int], shape: tuple[int, ...], device: str) -> tuple[Tensor, Tensor, Tensor]:
+    """One batch of posterior samples from a search plug-in: samples, hallucination scores, ESS (NaN if none)."""
+    per_run = search.particles_per_run
+    noise = PerSampleNoise([int(np.random.SeedSequence([s, j]).generate_state(1, np.uint64)[0] >> 1) for s in seeds for j in range(per_run)], device)
+    y = y1.expand((len(noise),) + tuple(y1.shape[1:]))
+    guidance = make_guidance(method["guidance"], op, y, **method.get("guidance_options", {}))
+    x_t = noise.randn(shape) * float(counter.schedule.sigma(grid[0]))
+    with torch.no_grad():
+        res = search.run(solver, guidance(counter), x_t, grid, noise)
+    runs = res.x.shape[0]
+    hal = res.diagnostics.get("hallucination_score", torch.full((runs,), float("nan")))
+    ess = res.ess if res.ess is not None else torch.full((runs,), float("nan"))
+    return res.x, hal.cpu(), ess.cpu()
 
 
 def _to_complex(x: Tensor, scale: float) -> np.ndarray:
@@ -227,10 +252,12 @@ def reconstruct(
             "x": ("x", np.arange(samples.shape[3]), {"long_name": "phase-encode pixel", "units": "pixel"}),
         },
     )
+    if all(r["ess"] is not None for r in results):
+        ds["ess"] = (("case", "sample"), np.stack([r["ess"].numpy() for r in results]), {"long_name": "effective sample size of the particle population behind each sample", "units": "particles"})
     if all(c.truth is not None for c in cases):
         ds["truth"] = (("case", "y", "x"), np.stack([_to_complex(c.truth, c.scale) for c in cases]), {"long_name": "reference image from fully sampled k-space", "units": "a.u."})
     ds.attrs["acceleration"] = acceleration
-    ds.attrs["method"] = f"{method['solver']}-{method['guidance']}"
+    ds.attrs["method"] = method_name(method)
     record = dict(record)
     record.update(
         nfe=int(sum(r["nfe"] for r in results)),

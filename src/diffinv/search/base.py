@@ -1,0 +1,203 @@
+"""Search interface: population and search methods that drive a solver's step kernel.
+
+``SearchMethod(operator, y, reward=..., **options).run(solver, D, x_T, grid, noise)``
+returns a :class:`SearchResult` with one sample per *run*. ``x_T`` holds
+``runs × particles_per_run`` rows: consecutive blocks of ``particles_per_run`` rows form
+one independent population. NFE counts every per-particle denoiser evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffinv.diffusion.denoisers import Denoiser
+from diffinv.errors import ConfigError
+from diffinv.operators.base import LinearOperator
+from diffinv.search.rewards import Reward, load_reward
+from diffinv.solvers.base import PerSampleNoise, Solver
+from diffinv.uncertainty import HallucinationScore
+
+
+@dataclass
+class SearchResult:
+    """Samples and diagnostics of a search: one sample per run."""
+
+    x: Tensor  # (runs, ...)
+    nfe: int  # per-particle denoiser evaluations, all runs together
+    reward: Tensor  # (runs,) reward of each sample
+    ess: Tensor | None = None  # (runs,) effective sample size (population methods)
+    diagnostics: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def nfe_per_sample(self) -> float:
+        """Evaluations per returned sample."""
+        return self.nfe / max(1, self.x.shape[0])
+
+
+class CountingMemo:
+    """Denoiser wrapper counting per-particle evaluations, with one primed result replayed for free.
+
+    Search methods often already know D(x, s) for the exact tensor the solver will
+    denoise next (the value of the chosen candidate); :meth:`prime` stores it so that the
+    solver's own call costs nothing (identity of ``x`` and equality of ``t`` are checked).
+    """
+
+    def __init__(self, denoiser: Denoiser) -> None:
+        self.denoiser = denoiser
+        self.schedule = denoiser.schedule
+        self.nfe = 0
+        self._primed: tuple[Tensor, float, Tensor] | None = None
+
+    def prime(self, x: Tensor, t: float, x0: Tensor) -> None:
+        """Remember that D(x, t) = x0."""
+        self._primed = (x, float(t), x0)
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        if self._primed is not None and x is self._primed[0] and bool((t == self._primed[1]).all()):
+            return self._primed[2]
+        self.nfe += x.shape[0]
+        return self.denoiser(x, t)
+
+
+class BatchNoise:
+    """Noise for a resampled population from one generator (fast; draws depend on the population).
+
+    Duck-types :class:`PerSampleNoise` (``randn`` and ``select``); population methods use it
+    because re-seeding one generator per particle at every resampling costs more than the
+    denoiser on small problems. Seeded from the first seed of the noise it replaces.
+    """
+
+    def __init__(self, n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> None:
+        self.n = n
+        self.generator = generator
+        self.device = torch.device(device)
+
+    @classmethod
+    def like(cls, noise: PerSampleNoise) -> BatchNoise:
+        """A batch noise for as many particles as ``noise``, seeded from its first seed."""
+        return cls(len(noise), torch.Generator().manual_seed(noise.seeds[0]), noise.device)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def randn(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
+        """(n, *shape) standard normal draws."""
+        return torch.randn((self.n,) + tuple(shape), generator=self.generator, dtype=dtype).to(self.device)
+
+    def select(self, index: Tensor) -> BatchNoise:
+        """The same stream for a re-indexed population of ``len(index)`` particles."""
+        return BatchNoise(len(index), self.generator, self.device)
+
+
+def shared_noise(noise: PerSampleNoise, generators: list[torch.Generator]) -> PerSampleNoise:
+    """A noise source drawing from the given generator objects (streams are shared, not copied)."""
+    out = PerSampleNoise([0] * len(generators), noise.device)
+    out.generators = generators
+    return out
+
+
+def expand_noise(noise: PerSampleNoise, m: int) -> PerSampleNoise:
+    """Noise for m candidates per particle: candidate 0 uses the particle's own stream, the others fresh ones.
+
+    Rows are ordered (particle, candidate), matching ``repeat_interleave(m)``; with m = 1
+    the draws equal the particle's own, so a search with one candidate reproduces its base sampler.
+    """
+    gens = []
+    for seed, gen in zip(noise.seeds, noise.generators):
+        gens.append(gen)
+        for j in range(1, m):
+            state = np.random.SeedSequence([seed, j]).generate_state(1, np.uint64)[0] >> 1
+            gens.append(torch.Generator().manual_seed(int(state)))
+    return shared_noise(noise, gens)
+
+
+def effective_sample_size(log_w: Tensor) -> Tensor:
+    """ESS = (Σw)²/Σw² per row of log-weights (Kong 1992)."""
+    w = torch.softmax(log_w, dim=-1)
+    return 1.0 / (w**2).sum(-1)
+
+
+def systematic_resample(log_w: Tensor, generator: torch.Generator) -> Tensor:
+    """Flat indices (runs·N,) of a systematic resampling within each row of (runs, N) log-weights (Kitagawa 1996)."""
+    runs, n = log_w.shape
+    cdf = torch.softmax(log_w.to(torch.float64), dim=-1).cumsum(-1)
+    cdf[:, -1] = 1.0
+    u = (torch.rand(runs, 1, generator=generator, dtype=torch.float64) + torch.arange(n, dtype=torch.float64)) / n
+    idx = torch.searchsorted(cdf, u).clamp_max(n - 1)
+    return (idx + n * torch.arange(runs)[:, None]).reshape(-1)
+
+
+def best_per_run(values: Tensor, per_run: int) -> Tensor:
+    """Flat index of the highest value in each block of ``per_run`` rows."""
+    v = values.reshape(-1, per_run)
+    return v.argmax(1) + per_run * torch.arange(v.shape[0])
+
+
+class SearchMethod:
+    """Base class of search plug-ins; subclasses implement :meth:`run`.
+
+    ``particles_per_run`` is how many rows of ``x_T`` one run consumes. ``reward`` is a
+    callable, ``"data_consistency"`` (default) or ``"module:function"``.
+    """
+
+    cite: str = ""
+    population: bool = False
+
+    def __init__(self, operator: LinearOperator | None = None, y: Tensor | None = None, reward: str | Reward | None = None, hallucination_steps: int = 5, seed: int = 0) -> None:
+        self.operator = operator
+        self.y = y
+        self.reward = load_reward(reward, operator, y)
+        self.hallucination_steps = int(hallucination_steps)
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    @property
+    def particles_per_run(self) -> int:
+        """Rows of ``x_T`` per run."""
+        return 1
+
+    def runs(self, x_T: Tensor) -> int:
+        """Number of runs in ``x_T``; an error unless it is a whole multiple of ``particles_per_run``."""
+        n = self.particles_per_run
+        if x_T.shape[0] % n:
+            raise ConfigError(f"search {type(self).__name__}: x_T has {x_T.shape[0]} rows, not a multiple of {n} particles per run")
+        return x_T.shape[0] // n
+
+    def tracker(self, grid: Tensor) -> HallucinationScore:
+        """The hallucination-score callback over the last steps of ``grid``."""
+        return HallucinationScore(len(grid) - 1, self.hallucination_steps)
+
+    def run(self, solver: Solver, D: Denoiser, x_T: Tensor, grid: Tensor, noise: PerSampleNoise) -> SearchResult:
+        """Search from ``x_T`` over ``grid`` with ``solver``'s kernel on denoiser ``D``."""
+        raise NotImplementedError
+
+    def result(self, x: Tensor, nfe: int, tracker: HallucinationScore | None, ess: Tensor | None = None, **extra: Tensor) -> SearchResult:
+        """Package samples with reward, hallucination score, data residual and ESS."""
+        diagnostics = dict(extra)
+        if tracker is not None:
+            diagnostics["hallucination_score"] = tracker.score()
+        if self.operator is not None and self.y is not None:
+            diagnostics["residual"] = self.operator.residual(x, self.y)
+        if ess is not None:
+            diagnostics["ess"] = ess
+        return SearchResult(x, int(nfe), self.reward(x), ess, diagnostics)
+
+
+def reindex_tracker(tracker: HallucinationScore, index: Tensor) -> None:
+    """Follow a resampling or selection in the stored x0 predictions (genealogy of the survivors)."""
+    tracker.predictions = [p[index] for p in tracker.predictions]
+
+
+def make_search(name: str, operator: LinearOperator | None, y: Tensor | None, **options: Any) -> SearchMethod:
+    """Instantiate the search plug-in ``name``; unknown options are an error."""
+    from diffinv.plugins import load
+
+    cls = load("search", name)
+    try:
+        return cls(operator, y, **options)
+    except TypeError as exc:
+        raise ConfigError(f"search {name!r}: bad options {sorted(options)} ({exc})") from exc
