@@ -84,3 +84,15 @@ def test_bad_inputs_name_the_file_and_write_nothing(demo, tmp_path):
         assert name in str(info.value) and "\n" not in str(info.value)
         assert not out.exists(), f"{name}: partial store left behind"
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".zarr" or ".tmp-" in p.name) == []
+
+
+def test_single_coil_layout_round_trips(tmp_path):
+    write_demo(tmp_path, seed=0, size=16, coils=1, slices_per_volume=2, train_volumes=0, val_volumes=1, test_volumes=1)
+    with h5py.File(tmp_path / "val" / "file_demo_val_0000.h5") as f:
+        assert f["kspace"].shape == (2, 32, 16) and "reconstruction_esc" in f
+    ds = read_file(tmp_path / "val" / "file_demo_val_0000.h5")
+    assert ds["kspace"].shape == (2, 1, 16, 16)
+    img = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(ds["kspace"].values[:, 0], axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+    np.testing.assert_allclose(np.abs(img), ds["target"].values, rtol=1e-4, atol=1e-5)
+    test = read_file(tmp_path / "test" / "file_demo_test_0000.h5")
+    assert 2 <= test["mask"].values[0].sum() < 16

@@ -4,7 +4,8 @@ Each volume is a stack of slices of one random "anatomy": an elliptical body wit
 rim, several inner organs of varied contrast, smooth texture, a slowly varying phase,
 smooth coil sensitivities and complex Gaussian k-space noise. Files follow the fastMRI
 multi-coil layout (``kspace`` (slices, coils, 2N, N) with 2x readout oversampling,
-``reconstruction_rss`` (slices, N, N), ``ismrmrd_header`` XML, attrs); test files hold
+``reconstruction_rss`` (slices, N, N), ``ismrmrd_header`` XML, attrs), or with one coil the
+single-coil layout (``kspace`` (slices, 2N, N), ``reconstruction_esc``); test files hold
 undersampled k-space, ``mask`` and the ``acceleration``/``num_low_frequency`` attrs and no
 target, as in the fastMRI test/challenge sets.
 """
@@ -112,6 +113,9 @@ def write_volume(path: Path, images: np.ndarray, maps: np.ndarray, noise_std: fl
     kspace += noise_std * (rng.standard_normal(kspace.shape) + 1j * rng.standard_normal(kspace.shape))
     kspace = kspace.astype(np.complex64)
     rss_full = np.sqrt((np.abs(_ifft2c(kspace)) ** 2).sum(1))[:, n // 2 : n // 2 + n].astype(np.float32)
+    single = maps.shape[0] == 1
+    if single:  # fastMRI single-coil layout: (slices, H, W) and an ESC target
+        kspace = kspace[:, 0]
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         header = _HEADER.format(ex=2 * n, ey=n, rx=n, ry=n, emax=n - 1, ecenter=n // 2)
         f.create_dataset("ismrmrd_header", data=np.bytes_(header.encode()))
@@ -119,11 +123,11 @@ def write_volume(path: Path, images: np.ndarray, maps: np.ndarray, noise_std: fl
         f.attrs["patient_id"] = path.stem
         if test_mask is None:
             f.create_dataset("kspace", data=kspace)
-            f.create_dataset("reconstruction_rss", data=rss_full)
+            f.create_dataset("reconstruction_esc" if single else "reconstruction_rss", data=rss_full)
             f.attrs["max"] = float(rss_full.max())
             f.attrs["norm"] = float(np.linalg.norm(rss_full))
         else:
-            f.create_dataset("kspace", data=kspace * test_mask[None, None, None, :])
+            f.create_dataset("kspace", data=kspace * test_mask)
             f.create_dataset("mask", data=test_mask.astype(bool))
             f.attrs["acceleration"] = int(round(n / test_mask.sum()))
             f.attrs["num_low_frequency"] = int(num_low)
@@ -150,7 +154,7 @@ def write_demo(
     if size < 8 or size % 2:
         raise ConfigError(f"demo.mri.size: must be an even number >= 8, got {size}")
     rng = np.random.default_rng(seed)
-    maps = coil_maps(rng, coils, (2 * size, size))
+    maps = coil_maps(rng, coils, (2 * size, size)) if coils > 1 else np.ones((1, 2 * size, size), np.complex64)
     written: list[Path] = []
     for split, count in (("train", train_volumes), ("val", val_volumes), ("test", test_volumes)):
         for v in range(count):
