@@ -60,6 +60,13 @@ def all_outputs():
     )
     if not MRI["prior"]["checkpoint"]:
         out.append(f"results/mri/{MRI_DATASET}/prior/loss.png")
+    if config["ads"]["enabled"]:
+        out.append(f"results/ads/{MRI_DATASET}/summary.csv")
+        out += expand(
+            "results/ads/{dataset}/{acc}x/figures",
+            dataset=MRI_DATASET,
+            acc=ADS_ACCELERATIONS,
+        )
     out += [
         f"results/data/{source}.zarr"
         for source in ("era5", "igra", "ct")
