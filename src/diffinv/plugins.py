@@ -21,6 +21,10 @@ BUILTINS: dict[str, dict[str, str]] = {
         "ddpm": "diffinv.solvers.ddim:DDPM",
         "ddim": "diffinv.solvers.ddim:DDIM",
         "dpmpp_2m": "diffinv.solvers.dpmpp:DPMSolverPP2M",
+        "dpmpp_2s": "diffinv.solvers.dpmpp:DPMSolverPP2S",
+        "dpmpp_3m": "diffinv.solvers.dpmpp:DPMSolverPP3M",
+        "deis": "diffinv.solvers.deis:DEIS",
+        "unipc": "diffinv.solvers.unipc:UniPC",
     },
     "guidance": {
         "none": "diffinv.guidance.base:Unconditional",
