@@ -142,10 +142,24 @@ def sample(
     noise: PerSampleNoise | None = None,
     callback: Callable[[StepInfo], None] | None = None,
 ) -> Tensor:
-    """Integrate from ``grid[0]`` to ``grid[-1]`` with ``solver`` over denoiser ``D``."""
+    """Integrate from ``grid[0]`` to ``grid[-1]`` with ``solver`` over denoiser ``D``.
+
+    Runs :meth:`Solver.prepare` (which may return a searched grid), then :func:`integrate`.
+    """
+    return integrate(solver, D, x, solver.prepare(D, grid, x), noise, callback)
+
+
+def integrate(
+    solver: Solver,
+    D: Denoiser,
+    x: Tensor,
+    grid: Tensor,
+    noise: PerSampleNoise | None = None,
+    callback: Callable[[StepInfo], None] | None = None,
+) -> Tensor:
+    """The step loop of :func:`sample` on a prepared solver."""
     if solver.stochastic and noise is None:
         raise ConfigError(f"solver {type(solver).__name__} is stochastic: pass noise=PerSampleNoise(seeds)")
-    grid = solver.prepare(D, grid, x)
     state = solver.init_state()
     for i in range(len(grid) - 1):
         x, state = solver.step(D, x, state, grid[i], grid[i + 1], noise)

@@ -76,15 +76,23 @@ class DPMSolverPP(_DataPrediction):
         x0 = self.predict(D, x, s)
         new = push_history(state, {"x0": x0, "lam": (float(self.schedule.lam(s)),)}, self.order)
         d0, d1, d2 = multistep_combination(history(new, "x0"), new["lam"], h)
-        x_next = exp_update(x, sig_t / sig_s, a_t, h, d0)
-        if d1 is not None:
-            phi1 = math.expm1(-h)
-            phi2 = phi1 / h + 1.0
-            # order 2: D̄ = D0 + D1/2 (Alg. 2); order 3: + α_t φ2 D1 − α_t φ3 D2 (official code)
-            x_next = x_next + a_t * (phi2 * d1 if d2 is not None else -0.5 * phi1 * d1)
-            if d2 is not None:
-                x_next = x_next - a_t * (phi2 / h - 0.5) * d2
-        return x_next, new
+        return multistep_update(x, sig_t / sig_s, a_t, h, d0, d1, d2), new
+
+
+def multistep_update(x: Tensor, sig_ratio: float, a_t: float, h: float, d0: Tensor, d1: Tensor | None, d2: Tensor | None) -> Tensor:
+    """DPM-Solver++ multistep update from :func:`multistep_combination`'s (D0, D1, D2).
+
+    Order 2: D̄ = D0 + D1/2 in Eq. 9 (Alg. 2); order 3 (official code):
+    x_t = (σ_t/σ_s) x − α_t φ1 D0 + α_t φ2 D1 − α_t φ3 D2, φ1 = e^{−h} − 1, φ2 = φ1/h + 1, φ3 = φ2/h − ½.
+    """
+    x_next = exp_update(x, sig_ratio, a_t, h, d0)
+    if d1 is None:
+        return x_next
+    phi1 = math.expm1(-h)
+    if d2 is None:
+        return x_next - 0.5 * a_t * phi1 * d1
+    phi2 = phi1 / h + 1.0
+    return x_next + a_t * phi2 * d1 - a_t * (phi2 / h - 0.5) * d2
 
 
 class DPMSolverPP2M(DPMSolverPP):
