@@ -9,7 +9,7 @@ from torch import Tensor
 from diffinv.diffusion.denoisers import Denoiser
 from diffinv.diffusion.schedule import VPSchedule
 from diffinv.errors import ConfigError
-from diffinv.solvers.base import FunctionDenoiser, State, history
+from diffinv.solvers.base import FunctionDenoiser, State, history, integrate
 from diffinv.solvers.calibration import CalibrationCache, calibration_start, config_key, reference_trajectory
 from diffinv.solvers.unipc import UniPC
 
@@ -47,7 +47,8 @@ class DCSolver(UniPC):
     on ``calibration_size`` calibration trajectories (seed ``calibration_seed``;
     reference: third-order UniPC with ``reference_substeps`` per step), fitted greedily step
     by step; since x_i is quadratic in ρ_i the minimiser is exact (the paper runs AdamW on
-    the same objective; no network gradient is needed). Ratios are cached per configuration
+    the same objective; no network gradient is needed). If the greedy ratios end up worse
+    than ρ ≡ 1 on the calibration batch (seen at ≤ 6 steps), ρ ≡ 1 is kept. Ratios are cached per configuration
     in ``cache`` (JSON) or given as ``ratios``; ρ ≡ 1 is UniPC.
     """
 
@@ -103,8 +104,8 @@ class DCSolver(UniPC):
 
     @torch.no_grad()
     def fit(self, D: Denoiser, grid: Tensor, like: Tensor) -> list[float]:
-        """Greedy per-step ratios on one calibration batch shaped like ``like``."""
-        x = calibration_start(self.schedule, like, float(grid[0]), self.calibration_seed, self.calibration_size)
+        """Greedy per-step ratios on one calibration batch shaped like ``like`` (N + 1 NFE beyond the reference)."""
+        x = start = calibration_start(self.schedule, like, float(grid[0]), self.calibration_seed, self.calibration_size)
         ref = reference_trajectory(D, x, grid, self.reference_substeps)
         self.ratios = [1.0] * (len(grid) - 1)
         state = self.init_state()
@@ -118,4 +119,9 @@ class DCSolver(UniPC):
                     outs.append(self.step(fixed, x, state, grid[i], grid[i + 1])[0])
                 self.ratios[i] = best_ratio(*outs, ref[i + 1])
             x, state = self.step(fixed, x, state, grid[i], grid[i + 1])
-        return list(self.ratios)
+        fitted = list(self.ratios)
+        self.ratios = [1.0] * len(fitted)
+        plain = integrate(self, D, start, grid)
+        if float((x - ref[-1]).pow(2).mean()) > float((plain - ref[-1]).pow(2).mean()):
+            return self.ratios  # greedy ratios worse end to end (very few steps): keep UniPC
+        return fitted
