@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from diffinv.diffusion.denoisers import Denoiser
@@ -58,6 +59,8 @@ class TStitch(WrappedSolver):
 
     def prepare(self, D: Denoiser, grid: Tensor, x: Tensor) -> Tensor:
         self.switch = round(self.fraction * (len(grid) - 1))
+        if isinstance(self.small, torch.nn.Module):
+            self.small.to(x.device)
         return super().prepare(D, grid, x)
 
     def wrap(self, D: Denoiser, own: State, s: Tensor) -> tuple[Denoiser, State]:
