@@ -129,7 +129,7 @@ def run_setting(label: str, D: Denoiser, x_t: Tensor, nfes: list[int], ref_steps
                 rows.append(dict(setting=label, solver=name, nfe=steps * solver.nfe_per_step, steps=steps, rmse=err,
                                  rel_error=err / float(ref.pow(2).mean().sqrt()), time_per_step_s=t_run / steps,
                                  denoiser_call_s=per_call, overhead_ratio=overhead, prepare_s=t_prep))
-                print(f"{label:<16} {name:<14} nfe {steps * solver.nfe_per_step:>3}  rmse {err:.3e}  step/denoiser {overhead:.3f}")
+                print(f"{label:<16} {name:<14} nfe {steps * solver.nfe_per_step:>3}  rmse {err:.3e}  step/denoiser {overhead:.3f}", flush=True)
 
 
 def summarise(rows: list[dict[str, Any]]) -> None:
