@@ -16,6 +16,7 @@ from diffinv.solvers.calibration import CalibrationCache, calibration_start, con
 from diffinv.solvers.unipc import UniPC
 
 CHOICES = ((2, True), (1, True), (3, True), (2, False), (3, False))  # (predictor order, corrector)
+WARPS = (0.5, 0.7, 1.4, 2.0)  # global warps u ↦ u^γ of the λ-positions tried before the local search
 
 
 class S3(UniPC):
@@ -25,7 +26,8 @@ class S3(UniPC):
     step's solver a choice, and S³ searches those choices for a fixed NFE. Here the choices
     are the UniP order (1–3) and the UniC corrector per block of steps (``blocks`` blocks)
     and the timesteps, as a monotone piecewise-linear warp of the grid's λ-positions with
-    ``blocks`` knots. The search is greedy coordinate descent (``sweeps`` passes, knot moves
+    ``blocks`` knots. The search first tries a few global power warps of the grid, then
+    greedy coordinate descent (``sweeps`` passes, knot moves
     halving each pass) on the RMSE of the final sample of ``calibration_size`` seeded
     trajectories to a third-order UniPC reference with
     ``reference_substeps`` per step, started from UniPC-2 on the given grid, so the result is
@@ -123,6 +125,10 @@ class S3(UniPC):
 
         choice, knots = [0] * nb, np.linspace(0.0, 1.0, nb + 1)
         best = baseline = loss(choice, knots)
+        for gamma in WARPS:  # stage 0: global power warps of the λ-positions
+            trial = knots**gamma
+            if (value := loss(choice, trial)) < best:
+                best, knots = value, trial
         delta = 0.5
         for _ in range(self.sweeps):
             for b in range(nb):
