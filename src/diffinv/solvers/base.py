@@ -5,6 +5,10 @@ A solver advances particles from time ``s`` to a less noisy time ``t`` with
 (a dict whose tensors have the particle axis first, so population methods can index it
 with :func:`select_state`). Every solver stores its latest data prediction in
 ``state["x0"]`` for diagnostics.
+
+Solvers that need the whole grid or a calibration pass (T-Stitch, DC-Solver, S³) do it in
+:meth:`Solver.prepare`, which :func:`sample` calls once before the loop; code that drives
+:meth:`Solver.step` itself must call ``grid = solver.prepare(D, grid, x)`` first.
 """
 
 from __future__ import annotations
@@ -81,6 +85,15 @@ class Solver:
         """The empty multistep history."""
         return {}
 
+    def prepare(self, D: Denoiser, grid: Tensor, x: Tensor) -> Tensor:
+        """Hook run once before sampling ``x`` over ``grid``; returns the grid to integrate on.
+
+        The default does nothing. Grid-aware or calibrated solvers record the grid, fit or
+        load their parameters here, and may return a searched grid with the same endpoints
+        and number of steps.
+        """
+        return grid
+
     def step(self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None) -> tuple[Tensor, State]:
         """Advance ``x`` from time ``s`` to time ``t < s``."""
         raise NotImplementedError
@@ -129,7 +142,22 @@ def sample(
     noise: PerSampleNoise | None = None,
     callback: Callable[[StepInfo], None] | None = None,
 ) -> Tensor:
-    """Integrate from ``grid[0]`` to ``grid[-1]`` with ``solver`` over denoiser ``D``."""
+    """Integrate from ``grid[0]`` to ``grid[-1]`` with ``solver`` over denoiser ``D``.
+
+    Runs :meth:`Solver.prepare` (which may return a searched grid), then :func:`integrate`.
+    """
+    return integrate(solver, D, x, solver.prepare(D, grid, x), noise, callback)
+
+
+def integrate(
+    solver: Solver,
+    D: Denoiser,
+    x: Tensor,
+    grid: Tensor,
+    noise: PerSampleNoise | None = None,
+    callback: Callable[[StepInfo], None] | None = None,
+) -> Tensor:
+    """The step loop of :func:`sample` on a prepared solver."""
     if solver.stochastic and noise is None:
         raise ConfigError(f"solver {type(solver).__name__} is stochastic: pass noise=PerSampleNoise(seeds)")
     state = solver.init_state()
@@ -138,6 +166,78 @@ def sample(
         if callback is not None:
             callback(StepInfo(i, float(grid[i + 1]), x, state.get("x0")))
     return x
+
+
+def push_history(state: State, new: State, depth: int) -> State:
+    """Shift multistep history by one entry, keeping ``depth`` entries.
+
+    A tensor ``new[k]`` becomes ``k`` and the old ``k``, ``k_1``, ... become ``k_1``,
+    ``k_2``, ... (particle axis first, so :func:`select_state` re-indexes them); a tuple
+    ``new[k]`` (per-entry scalars shared by all particles, e.g. ``lam``, ``time``) is
+    prepended to ``state[k]``. Keys of ``state`` not in ``new`` are dropped.
+    """
+    out: State = {}
+    for k, v in new.items():
+        if isinstance(v, tuple):
+            out[k] = (v + tuple(state.get(k, ())))[:depth]
+            continue
+        names = [k] + [f"{k}_{j}" for j in range(1, depth)]
+        for j in range(depth - 1, 0, -1):
+            if names[j - 1] in state:
+                out[names[j]] = state[names[j - 1]]
+        out[k] = v
+    return out
+
+
+def history(state: State, key: str) -> list[Tensor]:
+    """The stored tensors of ``key``, newest first (see :func:`push_history`)."""
+    out = []
+    while (name := key if not out else f"{key}_{len(out)}") in state:
+        out.append(state[name])
+    return out
+
+
+class FunctionDenoiser:
+    """A denoiser given as a function of (x, t), carrying the schedule of the one it wraps."""
+
+    def __init__(self, schedule: VPSchedule, fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+        self.schedule = schedule
+        self.fn = fn
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.fn(x, t)
+
+
+class WrappedSolver(Solver):
+    """Base class of solvers that run a named base solver on a transformed denoiser.
+
+    Subclasses implement :meth:`wrap`, which returns the transformed denoiser for one step
+    and their own state (keys starting with ``prefix``, kept apart from the base state).
+    """
+
+    prefix: str = "wrap_"
+
+    def __init__(self, schedule: VPSchedule, base: str = "dpmpp_2m", base_options: dict[str, Any] | None = None) -> None:
+        super().__init__(schedule)
+        if not isinstance(base_options or {}, dict):
+            raise ConfigError(f"{type(self).__name__}: base_options must be a mapping, got {base_options!r}")
+        self.base = make_solver(base, schedule, **(base_options or {}))
+        self.stochastic = self.base.stochastic
+        self.nfe_per_step = self.base.nfe_per_step
+
+    def prepare(self, D: Denoiser, grid: Tensor, x: Tensor) -> Tensor:
+        return self.base.prepare(D, grid, x)
+
+    def wrap(self, D: Denoiser, own: State, s: Tensor) -> tuple[Denoiser, State]:
+        """The denoiser the base solver sees on the step from ``s``, and the new own state."""
+        raise NotImplementedError
+
+    def step(self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None) -> tuple[Tensor, State]:
+        own = {k: v for k, v in state.items() if k.startswith(self.prefix)}
+        inner = {k: v for k, v in state.items() if not k.startswith(self.prefix)}
+        wrapped, own = self.wrap(D, own, s)
+        x, inner = self.base.step(wrapped, x, inner, s, t, noise)
+        return x, {**inner, **own}
 
 
 def make_solver(name: str, schedule: VPSchedule, **options: Any) -> Solver:

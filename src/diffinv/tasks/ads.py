@@ -46,8 +46,9 @@ def line_entropy(kspace: Tensor, bandwidth: float | None = None) -> Tensor:
     """Entropy estimate of each k-space line (last axis) from N particles, (W,).
 
     Gaussian-mixture estimate with one isotropic component of variance σ² per particle
-    (Nolan et al. 2024, Eq. 9). ``bandwidth`` σ defaults to the median pairwise distance
-    over all lines (median heuristic), which keeps the estimate scale-free.
+    (Nolan et al. 2024, Eq. 9). ``bandwidth`` σ defaults to the root-mean-square pairwise
+    distance of the most uncertain line: the estimate is then scale-free and never
+    saturates at log N, where every spread-out line would tie.
     """
     n = kspace.shape[0]
     flat = kspace.reshape(n, -1, kspace.shape[-1])  # (N, C·H, W)
@@ -55,8 +56,7 @@ def line_entropy(kspace: Tensor, bandwidth: float | None = None) -> Tensor:
     sq = torch.diagonal(gram, dim1=0, dim2=1).T  # (N, W)
     dist2 = (sq[:, None] + sq[None] - 2 * gram).clamp_min(0)
     if bandwidth is None:
-        off = dist2[~torch.eye(n, dtype=torch.bool)]
-        sigma2 = float(off.median().clamp_min(1e-12)) if off.numel() else 1.0
+        sigma2 = float((dist2.sum((0, 1)) / max(1, n * (n - 1))).max().clamp_min(1e-12))
     else:
         sigma2 = bandwidth**2
     log_kernel = torch.logsumexp(-dist2 / (2 * sigma2), dim=1) - math.log(n)  # (N, W)

@@ -1,0 +1,85 @@
+"""Calibration helpers of fitted solvers (DC-Solver, S³): reference trajectories and a JSON cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffinv.diffusion.denoisers import Denoiser
+from diffinv.diffusion.schedule import VPSchedule
+from diffinv.errors import ConfigError
+from diffinv.io.store import atomic_path
+from diffinv.solvers.base import sample
+from diffinv.solvers.unipc import UniPC
+
+
+def calibration_start(schedule: VPSchedule, like: Tensor, t_start: float, seed: int, size: int) -> Tensor:
+    """Seeded starting points: min(``size``, batch) particles with the event shape, dtype and
+    device of ``like``. A guided denoiser whose observation carries the particle axis needs
+    the whole batch: keep ``size`` at least the batch size there."""
+    g = torch.Generator().manual_seed(int(seed))
+    noise = torch.randn((min(int(size), like.shape[0]),) + tuple(like.shape[1:]), generator=g, dtype=torch.float64)
+    return (noise * float(schedule.sigma(t_start))).to(dtype=like.dtype, device=like.device)
+
+
+def refine(schedule: VPSchedule, grid: Tensor, substeps: int) -> Tensor:
+    """``grid`` with ``substeps`` λ-uniform sub-steps per interval (the coarse nodes are kept)."""
+    lam = schedule.lam(grid)
+    u = torch.linspace(0.0, 1.0, substeps + 1, dtype=torch.float64)[:-1]
+    fine = (lam[:-1, None] + (lam[1:] - lam[:-1])[:, None] * u[None]).reshape(-1)
+    return torch.cat([schedule.t_of_lambda(fine), grid[-1:].to(torch.float64)])
+
+
+def reference_trajectory(D: Denoiser, x: Tensor, grid: Tensor, substeps: int) -> list[Tensor]:
+    """Third-order UniPC with ``substeps`` sub-steps per interval: the solution at every node of ``grid``."""
+    points = [x]
+    fine = refine(D.schedule, grid, substeps)
+
+    def keep(info: Any) -> None:
+        if (info.index + 1) % substeps == 0:
+            points.append(info.x)
+
+    sample(UniPC(D.schedule, order=3), D, x, fine, callback=keep)
+    return points
+
+
+def config_key(**fields: Any) -> str:
+    """A stable key of a calibration configuration (SHA-1 of its sorted JSON)."""
+    return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class CalibrationCache:
+    """Fitted parameters keyed by configuration in one JSON file (``None``: in memory only)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = None if path is None else Path(path)
+        self.memory: dict[str, Any] = {}
+
+    def _load(self) -> dict[str, Any]:
+        if self.path is None or not self.path.exists():
+            return {}
+        try:
+            return json.loads(self.path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{self.path}: calibration cache is not valid JSON ({exc}) (fix: delete it)") from exc
+
+    def get(self, key: str) -> Any | None:
+        """The entry stored under ``key``, or ``None``."""
+        if key in self.memory:
+            return self.memory[key]
+        return self._load().get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        """Store ``value`` under ``key`` (the file is rewritten atomically)."""
+        self.memory[key] = value
+        if self.path is None:
+            return
+        data = self._load()
+        data[key] = value
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
