@@ -97,6 +97,7 @@ def ads_case(
     counter = CountingDenoiser(prior)
     solver = make_solver(method["solver"], prior.schedule, **method.get("solver_options", {}))
     x = noise.randn((2,) + tuple(case.kspace.shape[-2:])) * float(prior.schedule.sigma(grid[0]))
+    grid = solver.prepare(counter, grid, x)
     state = solver.init_state()
     order: list[int] = []
     entropies: list[np.ndarray] = []

@@ -205,8 +205,9 @@ def _search_batch(search: SearchMethod, solver: Solver, counter: Denoiser, metho
     y = y1.expand((len(noise),) + tuple(y1.shape[1:]))
     guidance = make_guidance(method["guidance"], op, y, **method.get("guidance_options", {}))
     x_t = noise.randn(shape) * float(counter.schedule.sigma(grid[0]))
+    guided = guidance(counter)
     with torch.no_grad():
-        res = search.run(solver, guidance(counter), x_t, grid, noise)
+        res = search.run(solver, guided, x_t, solver.prepare(guided, grid, x_t), noise)
     runs = res.x.shape[0]
     hal = res.diagnostics.get("hallucination_score", torch.full((runs,), float("nan")))
     ess = res.ess if res.ess is not None else torch.full((runs,), float("nan"))
