@@ -12,7 +12,7 @@ rule ads_mri:
         "logs/ads/{dataset}/{acc}x/ads.log",
     conda:
         "../../envs/cpu.yaml"
-    threads: 2
+    threads: config["threads"]
     resources:
         gpu=1,
     params:

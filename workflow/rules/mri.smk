@@ -48,7 +48,7 @@ rule train_prior_mri:
         "logs/mri/{dataset}/train_prior.log",
     conda:
         "../../envs/cpu.yaml"
-    threads: 2
+    threads: config["threads"]
     resources:
         gpu=1,
     params:
@@ -69,7 +69,7 @@ rule sample_mri:
         "logs/mri/{dataset}/{acc}x/{method}/sample.log",
     conda:
         "../../envs/cpu.yaml"
-    threads: 2
+    threads: config["threads"]
     resources:
         gpu=1,
     params:
