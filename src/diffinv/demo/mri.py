@@ -20,6 +20,7 @@ import numpy as np
 
 from diffinv.errors import ConfigError
 from diffinv.io.store import atomic_path
+from diffinv.operators.mri import center_mask
 
 _HEADER = """<?xml version="1.0" encoding="utf-8"?>
 <ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD">
@@ -164,8 +165,7 @@ def write_demo(
             mask, num_low = None, 0
             if split == "test":
                 num_low = max(2, int(round(size * center_fraction)))
-                mask = np.zeros(size, bool)
-                mask[(size - num_low + 1) // 2 : (size - num_low + 1) // 2 + num_low] = True
+                mask = center_mask(size, num_low).numpy()
                 mask[vol_rng.permutation(size)[: max(0, size // test_acceleration - num_low)]] = True
             written.append(write_volume(path, images, maps, noise_std, vol_rng, mask, num_low))
     return written

@@ -106,11 +106,6 @@ def estimate_sensitivities(kspace: Tensor, num_low_frequencies: int, eps: float 
     return low / rss.clamp_min(eps * rss.amax(dim=(-3, -2, -1), keepdim=True).clamp_min(1e-30))
 
 
-def rss(coil_images: Tensor) -> Tensor:
-    """Root sum of squares over the coil axis (-3)."""
-    return (coil_images.abs() ** 2).sum(-3).sqrt()
-
-
 class MRIOperator(LinearOperator):
     """Cartesian (multi-coil) MRI: A x = M ⊙ F(S x) on two-channel images (B, 2, H, W).
 
@@ -146,10 +141,6 @@ class MRIOperator(LinearOperator):
             z = (self.sensitivities.conj() * z).sum(-3)
         return complex_to_channels(z)
 
-    def zero_filled(self, y: Tensor) -> Tensor:
-        """Aᴴ y: the zero-filled (coil-combined) image, two channels."""
-        return self.A_adjoint(y)
-
     def project(self, x: Tensor, y: Tensor, cg_steps: int = 100) -> Tensor:
         """Hard data consistency: the point nearest ``x`` with A x = y.
 
@@ -164,34 +155,12 @@ class MRIOperator(LinearOperator):
         return complex_to_channels(ifft2c((1 - m) * fft2c(z) + m * y))
 
 
-def acceleration_of(mask: Tensor) -> float:
-    """Acceleration factor W / (number of sampled columns) of a column mask."""
-    return float(mask.shape[-1] / max(1, int(mask.reshape(-1, mask.shape[-1])[0].sum())))
-
-
-def add_kspace_noise(kspace: Tensor, noise_std: float, generator: torch.Generator) -> Tensor:
-    """Complex Gaussian noise with std ``noise_std`` per real component."""
-    if noise_std <= 0:
-        return kspace
-    noise = torch.randn(kspace.shape + (2,), generator=generator, dtype=kspace.real.dtype)
-    return kspace + noise_std * torch.view_as_complex(noise)
-
-
-def num_low_frequencies_for(width: int, center_fraction: float) -> int:
-    """fastMRI's count of centre lines for a centre fraction."""
-    return int(round(width * center_fraction))
-
-
 __all__ = [
     "MRIOperator",
-    "acceleration_of",
-    "add_kspace_noise",
     "center_mask",
     "estimate_sensitivities",
     "fft2c",
     "ifft2c",
-    "num_low_frequencies_for",
-    "rss",
     "sampling_mask",
     "variable_density_mask",
 ]

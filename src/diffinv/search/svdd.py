@@ -8,7 +8,7 @@ from torch import Tensor
 from diffinv.diffusion.denoisers import Denoiser
 from diffinv.errors import ConfigError
 from diffinv.operators.base import LinearOperator
-from diffinv.search.base import CountingMemo, SearchMethod, SearchResult, expand_noise, reindex_tracker
+from diffinv.search.base import CountingMemo, SearchMethod, SearchResult, expand_noise
 from diffinv.search.rewards import Reward
 from diffinv.solvers.base import PerSampleNoise, Solver, StepInfo, denoise, select_state
 

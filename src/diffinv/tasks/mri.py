@@ -26,6 +26,7 @@ from diffinv.diffusion.denoisers import Denoiser
 from diffinv.errors import InputError
 from diffinv.guidance import make_guidance
 from diffinv.io.store import open_zarr, provenance, set_provenance
+from diffinv.operators.base import inner
 from diffinv.operators.mri import MRIOperator, center_mask, estimate_sensitivities, ifft2c, sampling_mask
 from diffinv.search import SearchMethod, make_search
 from diffinv.solvers import CountingDenoiser, PerSampleNoise, Solver, make_solver, sample
@@ -118,6 +119,13 @@ def case_operator(case: MRICase, mask: Tensor, device: str) -> tuple[MRIOperator
     return op, op.mask * (case.kspace[None] if sens is not None else case.kspace).to(device)
 
 
+def baselines(case: MRICase, mask: Tensor, clip: float | None, cg_steps: int, iterations: int, device: str) -> tuple[Tensor, Tensor]:
+    """Zero-filled (Aᴴy) and no-prior reconstructions of a case under ``mask`` (normalised units)."""
+    op, y = case_operator(case, mask, device)
+    zero_filled = op.A_adjoint(y)
+    return zero_filled[0].cpu(), no_prior_reconstruction(op, y, zero_filled, clip, cg_steps, iterations)[0].cpu()
+
+
 def no_prior_reconstruction(op: MRIOperator, y: Tensor, x_init: Tensor, clip: float | None, cg_steps: int, iterations: int, tol: float = 1e-6) -> Tensor:
     """The no-prior baseline: data-consistency CG and the value constraint, alternated to convergence."""
     x = x_init
@@ -144,18 +152,13 @@ def reconstruct_case(
     device: str,
     mask: Tensor | None = None,
 ) -> dict[str, Any]:
-    """Posterior samples and baselines for one case at one acceleration (normalised units).
+    """Posterior samples of one case at one acceleration (normalised units).
 
     ``mask`` overrides the configured mask (used by the ADS stage's fixed-mask baselines).
     """
     if mask is None:
         mask = case_mask(case, case_index, acceleration, sampling["mask"]["kind"], center_fraction, seed)
     op, y1 = case_operator(case, mask, device)
-    clip = getattr(prior, "clip", None)
-    zero_filled = op.A_adjoint(y1)
-    cg_steps = int(method.get("guidance_options", {}).get("cg_steps", 5))
-    no_prior = no_prior_reconstruction(op, y1, zero_filled, clip, cg_steps, sampling["no_prior_iterations"])
-
     counter = CountingDenoiser(prior)
     solver = make_solver(method["solver"], prior.schedule, **method.get("solver_options", {}))
     grid = prior.schedule.grid(sampling["steps"], sampling["grid"])
@@ -165,10 +168,10 @@ def reconstruct_case(
     search = make_search(method["search"], op, y1, **method.get("search_options", {})) if method.get("search") else None
     start = time.perf_counter()
     for b0 in range(0, n, bs):
-        idx = range(b0, min(n, b0 + bs))
-        y = y1.expand((len(idx),) + tuple(y1.shape[1:]))
+        seeds = [case_seed(seed, case_index, 1 + i) for i in range(b0, min(n, b0 + bs))]
+        y = y1.expand((len(seeds),) + tuple(y1.shape[1:]))
         if search is None:
-            noise = PerSampleNoise([case_seed(seed, case_index, 1 + i) for i in idx], device)
+            noise = PerSampleNoise(seeds, device)
             guidance = make_guidance(method["guidance"], op, y, **method.get("guidance_options", {}))
             x_t = noise.randn(shape) * float(prior.schedule.sigma(grid[0]))
             tracker = HallucinationScore(len(grid) - 1, sampling["hallucination_steps"])
@@ -176,20 +179,18 @@ def reconstruct_case(
                 x = sample(solver, guidance(counter), x_t, grid, noise, callback=tracker)
             hal.append(tracker.score().cpu())
         else:
-            x, h, e = _search_batch(search, solver, counter, method, op, y1, grid, [case_seed(seed, case_index, 1 + i) for i in idx], shape, device)
+            x, h, e = _search_batch(search, solver, counter, method, op, y1, grid, seeds, shape, device)
             hal.append(h)
             ess.append(e)
         with torch.no_grad():
             if sampling["final_dc"]:
                 x = op.project(x, y)
         samples.append(x.cpu())
-        resid.append((op.residual(x, y) / op.residual(torch.zeros_like(x), y).clamp_min(1e-12)).cpu())
+        resid.append((op.residual(x, y) / inner(y, y).sqrt().clamp_min(1e-12)).cpu())
     wall = time.perf_counter() - start
     return {
         "ess": torch.cat(ess) if ess and search.population else None,
         "samples": torch.cat(samples),
-        "zero_filled": zero_filled[0].cpu(),
-        "no_prior": no_prior[0].cpu(),
         "mask": mask.cpu(),
         "hallucination_score": torch.cat(hal),
         "relative_residual": torch.cat(resid),
@@ -231,6 +232,9 @@ def reconstruct(
 ) -> xr.Dataset:
     """Posterior Dataset for all cases at one acceleration (zarr contract, design §4)."""
     results = [reconstruct_case(c, i, prior, acceleration, method, sampling, center_fraction, seed, device) for i, c in enumerate(cases)]
+    cg_steps = int(method.get("guidance_options", {}).get("cg_steps", 5))
+    for r, c in zip(results, cases):
+        r["zero_filled"], r["no_prior"] = baselines(c, r["mask"], getattr(prior, "clip", None), cg_steps, sampling["no_prior_iterations"], device)
     samples = np.stack([_to_complex(r["samples"], c.scale) for r, c in zip(results, cases)])
     magnitude = np.abs(samples)
     dims = ("case", "sample", "y", "x")
