@@ -140,3 +140,18 @@ def test_dts_results_do_not_depend_on_the_batch(name):
     for r in range(runs):
         alone = m.run(solver, PROBLEM.prior, _x_T(runs)[r : r + 1], grid, PerSampleNoise([r]))
         torch.testing.assert_close(alone.x[0], together.x[r], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["smc", "mcgdiff"])
+def test_population_results_do_not_depend_on_the_batch(name):
+    """One generator per population (noise, resampling and the final pick) and per-run
+    resampling decisions: K populations in one batch give what each gives alone."""
+    runs, n, solver, grid = 4, 8, make_solver("ddpm", SCH), SCH.grid(30)
+    m = make_search(name, PROBLEM.operator, PROBLEM.y, particles=n)
+    seeds = list(range(runs * n))
+    together = m.run(solver, PROBLEM.prior, _x_T(runs * n), grid, PerSampleNoise(seeds))
+    for r in range(runs):
+        rows = slice(r * n, (r + 1) * n)
+        alone = m.run(solver, PROBLEM.prior, _x_T(runs * n)[rows], grid, PerSampleNoise(seeds[rows]))
+        torch.testing.assert_close(alone.x[0], together.x[r], rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(alone.ess[0], together.ess[r])
