@@ -111,7 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer samples and particle counts (about 3 minutes)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
     rows = posterior_table(args.quick)
     with open(OUT / "guidance_testbed.csv", "w", newline="") as fh:
