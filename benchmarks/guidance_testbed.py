@@ -97,9 +97,9 @@ def tilted_table(quick: bool) -> list[dict]:
     bon = make_search("best_of_n", None, None, reward=reward, n=n_best)
     r = bon.run(make_solver("ddpm", sch), problem.prior, _x_T(runs * n_best, 8), sch.grid(steps), PerSampleNoise(range(runs * n_best)))
     rows = [dict(method=f"best_of_n-{n_best}", rollouts=n_best, nfe=r.nfe_per_sample, mean_best_reward=float(r.reward.mean()), sw_to_tilted=distance_to(target, r.x))]
-    checkpoints = [1, 2, 4, 8, 16, 32, 64]
+    checkpoints = [1, 2, 4, 8, 16, 32, 64, 80, 96]
     for name in ("dts_star", "dts"):
-        m = make_search(name, None, None, reward=reward, branching=2)
+        m = make_search(name, None, None, reward=reward)
         for c, res in zip(checkpoints, m.anytime(make_solver("ddpm", sch), problem.prior, _x_T(runs, 8, 1), sch.grid(steps), PerSampleNoise(range(runs)), checkpoints)):
             rows.append(dict(method=name, rollouts=c, nfe=res.nfe_per_sample, mean_best_reward=float(res.reward.mean()), sw_to_tilted=distance_to(target, res.x)))
     for row in rows:
@@ -111,7 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer samples and particle counts (about 3 minutes)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
     rows = posterior_table(args.quick)
     with open(OUT / "guidance_testbed.csv", "w", newline="") as fh:

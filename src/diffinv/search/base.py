@@ -64,34 +64,42 @@ class CountingMemo:
         return self.denoiser(x, t)
 
 
-class BatchNoise:
-    """Noise for a resampled population from one generator (fast; draws depend on the population).
+class PopulationNoise:
+    """Noise for ``runs`` populations of ``n`` particles, one generator per population.
 
-    Duck-types :class:`PerSampleNoise` (``randn`` and ``select``); population methods use it
-    because re-seeding one generator per particle at every resampling costs more than the
-    denoiser on small problems. Seeded from the first seed of the noise it replaces.
+    Row ``r·n + j`` is slot j of population r; each call draws (n, *shape) from the
+    population's own generator (in blocks of ``block`` calls, one generator call per
+    block), so a population's draws do not depend on the other populations in the batch.
+    Resampling inside a population keeps the slots, hence :meth:`select` returns the same
+    object. The same generators drive resampling (:func:`systematic_resample`).
     """
 
-    def __init__(self, n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> None:
-        self.n = n
-        self.generator = generator
-        self.device = torch.device(device)
+    def __init__(self, seeds: list[int], n: int, device: torch.device | str = "cpu", block: int = 16) -> None:
+        self.n, self.block, self.device = int(n), int(block), torch.device(device)
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self._cache: dict[tuple, tuple[Tensor, int]] = {}
 
     @classmethod
-    def like(cls, noise: PerSampleNoise) -> BatchNoise:
-        """A batch noise for as many particles as ``noise``, seeded from its first seed."""
-        return cls(len(noise), torch.Generator().manual_seed(noise.seeds[0]), noise.device)
+    def like(cls, noise: PerSampleNoise, n: int) -> PopulationNoise:
+        """Populations of n consecutive particles of ``noise``, each seeded from its first particle's seed."""
+        return cls(noise.seeds[::n], n, noise.device)
 
     def __len__(self) -> int:
-        return self.n
+        return self.n * len(self.generators)
 
     def randn(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
-        """(n, *shape) standard normal draws."""
-        return torch.randn((self.n,) + tuple(shape), generator=self.generator, dtype=dtype).to(self.device)
+        """(runs·n, *shape) standard normal draws."""
+        key = (tuple(shape), dtype)
+        buf, used = self._cache.get(key, (None, self.block))
+        if used == self.block:
+            buf = torch.stack([torch.randn((self.block, self.n) + tuple(shape), generator=g, dtype=dtype) for g in self.generators], 1)
+            used = 0
+        self._cache[key] = (buf, used + 1)
+        return buf[used].reshape((-1,) + tuple(shape)).to(self.device)
 
-    def select(self, index: Tensor) -> BatchNoise:
-        """The same stream for a re-indexed population of ``len(index)`` particles."""
-        return BatchNoise(len(index), self.generator, self.device)
+    def select(self, index: Tensor) -> PopulationNoise:
+        """Resampling within populations keeps the slots: the same streams."""
+        return self
 
 
 def shared_noise(noise: PerSampleNoise, generators: list[torch.Generator]) -> PerSampleNoise:
@@ -122,14 +130,33 @@ def effective_sample_size(log_w: Tensor) -> Tensor:
     return 1.0 / (w**2).sum(-1)
 
 
-def systematic_resample(log_w: Tensor, generator: torch.Generator) -> Tensor:
-    """Flat indices (runs·N,) of a systematic resampling within each row of (runs, N) log-weights (Kitagawa 1996)."""
+def systematic_resample(log_w: Tensor, generator: torch.Generator | list[torch.Generator], rows: Tensor | None = None) -> Tensor:
+    """Flat indices (runs·N,) of a systematic resampling within each row of (runs, N) log-weights (Kitagawa 1996).
+
+    With one generator per row (a list) and a boolean ``rows`` mask, only the masked rows
+    are resampled (the others keep their particles) and each draws its uniform from its
+    own generator, so a row's result does not depend on the other rows.
+    """
     runs, n = log_w.shape
     cdf = torch.softmax(log_w.to(torch.float64), dim=-1).cumsum(-1)
     cdf[:, -1] = 1.0
-    u = (torch.rand(runs, 1, generator=generator, dtype=torch.float64) + torch.arange(n, dtype=torch.float64)) / n
+    if isinstance(generator, torch.Generator):
+        u0 = torch.rand(runs, 1, generator=generator, dtype=torch.float64)
+    else:
+        which = [True] * runs if rows is None else rows.tolist()
+        u0 = torch.tensor([[float(torch.rand((), generator=g, dtype=torch.float64))] if w else [0.0] for g, w in zip(generator, which)], dtype=torch.float64)
+    u = (u0 + torch.arange(n, dtype=torch.float64)) / n
     idx = torch.searchsorted(cdf, u).clamp_max(n - 1)
+    if rows is not None:
+        idx = torch.where(rows[:, None], idx, torch.arange(n)[None])
     return (idx + n * torch.arange(runs)[:, None]).reshape(-1)
+
+
+def pick_per_run(log_w: Tensor, generators: list[torch.Generator]) -> Tensor:
+    """Flat index of one particle per row of (runs, N) log-weights, drawn ∝ exp(log_w) with the row's own generator."""
+    probs = torch.softmax(log_w, -1)
+    n = log_w.shape[1]
+    return torch.stack([torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, generators)]) + n * torch.arange(log_w.shape[0])
 
 
 def best_per_run(values: Tensor, per_run: int) -> Tensor:

@@ -12,11 +12,12 @@ from diffinv.errors import ConfigError
 from diffinv.operators.base import LinearOperator
 from diffinv.operators.svd import as_svd
 from diffinv.search.base import (
-    BatchNoise,
     CountingMemo,
+    PopulationNoise,
     SearchMethod,
     SearchResult,
     effective_sample_size,
+    pick_per_run,
     reindex_tracker,
     systematic_resample,
 )
@@ -56,7 +57,7 @@ class SMC(SearchMethod):
         runs, n = self.runs(x_T), self.particles
         counter, tracker = CountingMemo(D), self.tracker(grid)
         sch = counter.schedule
-        x, state, noise = x_T, solver.init_state(), BatchNoise.like(noise)
+        x, state, noise = x_T, solver.init_state(), PopulationNoise.like(noise, n)
         log_w = torch.zeros(runs, n, dtype=torch.float64)
         prev = torch.zeros(runs * n, dtype=torch.float64)
         ess = torch.full((runs,), float(n), dtype=torch.float64)
@@ -72,14 +73,14 @@ class SMC(SearchMethod):
             log_w += (logg - prev).reshape(runs, n)
             prev = logg
             ess = effective_sample_size(log_w)
-            if bool((ess < self.ess_threshold * n).any()):
-                idx = systematic_resample(log_w, self.generator)
+            low = ess < self.ess_threshold * n  # each run resamples on its own ESS
+            if bool(low.any()):
+                idx = systematic_resample(log_w, noise.generators, low)
                 x, state, prev = x[idx], select_state(state, idx), prev[idx]
-                noise = noise.select(idx)
                 reindex_tracker(tracker, idx)
-                log_w.zero_()
+                log_w[low] = 0.0
         ess = effective_sample_size(log_w)
-        pick = torch.multinomial(torch.softmax(log_w, -1), 1, generator=self.generator)[:, 0] + n * torch.arange(runs)
+        pick = pick_per_run(log_w, noise.generators)
         reindex_tracker(tracker, pick)
         return self.result(x[pick], counter.nfe, tracker, ess)
 
@@ -141,7 +142,7 @@ class MCGdiff(SearchMethod):
         runs, n = self.runs(x_T), self.particles
         counter, tracker = CountingMemo(D), self.tracker(grid)
         sch = counter.schedule
-        x, noise = x_T, BatchNoise.like(noise)
+        x, noise = x_T, PopulationNoise.like(noise, n)
         log_w = torch.zeros(runs, n, dtype=torch.float64)
         ess = min_ess = torch.full((runs,), float(n), dtype=torch.float64)
         for i in range(len(grid) - 1):
@@ -163,9 +164,10 @@ class MCGdiff(SearchMethod):
             log_w = log_w + log_norm.to(torch.float64).reshape(runs, n)
             ess = effective_sample_size(log_w)
             min_ess = torch.minimum(min_ess, ess)
-            if bool((ess < self.ess_threshold * n).any()):
-                idx = systematic_resample(log_w, self.generator)
-                mb, noise, log_w = mb[idx], noise.select(idx), torch.zeros_like(log_w)
+            low = ess < self.ess_threshold * n  # each run resamples on its own ESS
+            if bool(low.any()):
+                idx = systematic_resample(log_w, noise.generators, low)
+                mb, log_w = mb[idx], torch.where(low[:, None], torch.zeros_like(log_w), log_w)
                 reindex_tracker(tracker, idx)
                 x0 = x0[idx]
             tracker(StepInfo(i, float(t), x, x0))
@@ -174,6 +176,6 @@ class MCGdiff(SearchMethod):
             z = self.svd.V_T(noise.randn(x.shape[1:], x.dtype))
             x = self.svd.V(post_mean + post_var.sqrt() * z)
         ess = effective_sample_size(log_w)
-        pick = torch.multinomial(torch.softmax(log_w, -1), 1, generator=self.generator)[:, 0] + n * torch.arange(runs)
+        pick = pick_per_run(log_w, noise.generators)
         reindex_tracker(tracker, pick)
         return self.result(x[pick], counter.nfe, tracker, ess, min_ess=min_ess)
