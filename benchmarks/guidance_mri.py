@@ -25,6 +25,8 @@ from diffinv.uncertainty import interval_coverage
 OUT = Path(__file__).parent / "out"
 METHODS = [
     {"solver": "dpmpp_2m", "guidance": "dds", "guidance_options": {"cg_steps": 5}},
+    {"solver": "ddim", "solver_options": {"eta": 1.0}, "guidance": "dds", "guidance_options": {"cg_steps": 5}},
+    {"solver": "ddim", "guidance": "dps", "guidance_options": {"zeta": 1.0}},
     {"solver": "ddim", "guidance": "pigdm"},
     {"solver": "ddrm", "guidance": "ddrm"},
     {"solver": "diffpir", "guidance": "diffpir"},
@@ -41,7 +43,7 @@ def main() -> None:
     if not (prior_dir.is_dir() and data.exists()):
         print(f"skipped: the demo prior ({prior_dir}) or eval store ({data}) is absent; run the demo pipeline first")
         return
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     cfg = load_config(args.root / "config/config.yaml")
     mri = cfg["mri"]
     sampling = dict(mri["sampling"], samples=8 if args.quick else 32, batch_size=8 if args.quick else 32)

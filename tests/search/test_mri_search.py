@@ -38,3 +38,31 @@ def test_population_methods_write_ess_and_the_default_path_does_not():
     assert ds["ess"].dims == ("case", "sample") and ds.attrs["method"] == "ddpm-dds-smc"
     plain = reconstruct([_case()], _prior(), 2, {"solver": "ddim", "guidance": "dds"}, SAMPLING, 0.25, 0, "cpu", {})
     assert "ess" not in plain and plain.attrs["method"] == "ddim-dds"
+
+
+def _registered(group: str) -> list[str]:
+    from diffinv.plugins import BUILTINS
+
+    return sorted(BUILTINS[group])
+
+
+# guidance methods whose update is a solver kernel of their own (DDRM, DiffPIR)
+OWN_SOLVER = {"ddrm": "ddrm", "diffpir": "diffpir"}
+SMALL_SEARCH_OPTIONS = {"smc": {"particles": 2}, "mcgdiff": {"particles": 2}, "svdd": {"candidates": 2}, "dts": {"rollouts": 2},
+                        "dts_star": {"rollouts": 2}, "best_of_n": {"n": 2}, "zero_order": {"n": 2}, "path_search": {"n": 2}, "rbf": {"budget": 16}, "minority": {}}
+
+
+@pytest.mark.parametrize("guidance", _registered("guidance"))
+def test_every_guidance_runs_in_the_mri_stage_by_name(guidance):
+    """The MRI stage (what the Snakemake rule calls) accepts every registered guidance by name."""
+    method = {"solver": OWN_SOLVER.get(guidance, "ddim"), "guidance": guidance}
+    out = reconstruct_case(_case(), 0, _prior(), 2, method, SAMPLING, 0.25, 0, "cpu")
+    assert out["samples"].shape == (3, 2, 8, 8) and torch.isfinite(out["samples"]).all()
+
+
+@pytest.mark.parametrize("search", _registered("search"))
+def test_every_search_runs_in_the_mri_stage_by_name(search):
+    """... and every registered search / population method (small budgets)."""
+    method = {"solver": "ddpm", "guidance": "none" if search == "mcgdiff" else "dds", "search": search, "search_options": SMALL_SEARCH_OPTIONS[search]}
+    out = reconstruct_case(_case(), 0, _prior(), 2, method, SAMPLING, 0.25, 0, "cpu")
+    assert out["samples"].shape == (3, 2, 8, 8) and torch.isfinite(out["samples"]).all()

@@ -203,8 +203,9 @@ def _search_batch(search: SearchMethod, solver: Solver, counter: Denoiser, metho
     """One batch of posterior samples from a search plug-in: samples, hallucination scores, ESS (NaN if none)."""
     per_run = search.particles_per_run
     noise = PerSampleNoise([int(np.random.SeedSequence([s, j]).generate_state(1, np.uint64)[0] >> 1) for s in seeds for j in range(per_run)], device)
-    y = y1.expand((len(noise),) + tuple(y1.shape[1:]))
-    guidance = make_guidance(method["guidance"], op, y, **method.get("guidance_options", {}))
+    # one observation shared by every row: searches evaluate subsets of rows (RBF, DTS), so the
+    # guidance gets y with a broadcastable batch axis of 1, not one expanded to the population
+    guidance = make_guidance(method["guidance"], op, y1, **method.get("guidance_options", {}))
     x_t = noise.randn(shape) * float(counter.schedule.sigma(grid[0]))
     guided = guidance(counter)
     with torch.no_grad():
