@@ -42,6 +42,7 @@ SOLVERS: dict[str, tuple[str, dict[str, Any]]] = {
     "dpmpp_2m": ("dpmpp_2m", {}),
     "dpmpp_3m": ("dpmpp_3m", {}),
     "deis_tab3": ("deis", {"order": 3}),
+    "deis_logrho3": ("deis", {"order": 3, "basis": "logrho"}),
     "unipc_2": ("unipc", {"order": 2}),
     "unipc_3": ("unipc", {"order": 3}),
     "hb_0.8": ("hb", {"beta": 0.8}),

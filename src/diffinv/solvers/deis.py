@@ -23,6 +23,11 @@ class DEIS(Solver):
     last ``order`` evaluation points in the variable u: ``t`` (tAB, the paper's default),
     ``rho`` (ρAB) or ``logrho`` (diffusers' DEISMultistepScheduler). The integrals use
     32-point Gauss–Legendre quadrature in λ (dρ = −e^{−λ} dλ). Order 1 is DDIM.
+
+    Measured on the demo MRI prior at 10 steps of a logSNR grid: tAB-3 diverges (RMSE 1.15
+    to the reference; tAB-2 0.063), while log-ρ AB-3 gives 0.049, the best of the three
+    bases. The t-polynomial extrapolates ε̂ across steps whose t-lengths differ by orders of
+    magnitude there; prefer ``basis: logrho`` on logSNR grids at few steps.
     """
 
     cite = "Zhang & Chen 2023, DEIS Eq. 15 (tAB)"
