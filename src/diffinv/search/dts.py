@@ -205,14 +205,13 @@ class DTS(SearchMethod):
         for r, leaf in enumerate(current):
             if leaf is None or leaf == starts[r]:
                 continue
+            value = float(self.reward(forest.x[leaf][None])[0])
             if self.prune:
-                value = float(self.reward(forest.x[leaf][None])[0])
                 node, gaps = forest.parent[leaf], forest.gap[r]
                 while node >= 0:
                     if forest.est[node] is not None:
                         gaps[forest.depth[node]] = max(gaps.get(forest.depth[node], -math.inf), value - forest.est[node])  # type: ignore[operator]
                     node = forest.parent[node]
-            value = float(self.reward(forest.x[leaf][None])[0])
             forest.value[leaf], forest.visits[leaf] = value, 1
             forest.low[r], forest.high[r] = min(forest.low[r], value), max(forest.high[r], value)
             forest.leaves[r].append(leaf)
