@@ -36,11 +36,13 @@ class Guidance:
         raise NotImplementedError
 
 
-def score_guided(D: Denoiser, x: Tensor, t: Tensor, loglik: Callable[[Tensor, Tensor], Tensor], weight: float = 1.0) -> Tensor:
-    """Tweedie-corrected denoiser D + w (σ_t²/α_t) ∇_x log p̂(y | x_t), with log p̂ = ``loglik(D(x, t), t)``.
+def score_guided(D: Denoiser, x: Tensor, t: Tensor, loglik: Callable[[Tensor, Tensor], Tensor], weight: float = 1.0, alpha_power: float = 0.0) -> Tensor:
+    """Tweedie-corrected denoiser D + w α_t^k (σ_t²/α_t) ∇_x log p̂(y | x_t), with log p̂ = ``loglik(D(x, t), t)``.
 
     The gradient flows through the denoiser (Chung et al. 2023, Eq. 10; Song et al. 2023,
-    ΠGDM Eq. 8). ``loglik`` returns one value per particle.
+    ΠGDM Eq. 8). ``loglik`` returns one value per particle. k = ``alpha_power`` = 0 is the
+    Tweedie correction itself; k > 0 damps it at high noise, where the vector-Jacobian
+    product through an ε-parameterised network (∂x̂0/∂x_t ∝ 1/α_t) is unreliable.
     """
     sch = D.schedule
     with torch.enable_grad():
@@ -48,7 +50,7 @@ def score_guided(D: Denoiser, x: Tensor, t: Tensor, loglik: Callable[[Tensor, Te
         x0 = D(xg, t)
         (grad,) = torch.autograd.grad(loglik(x0, t).sum(), xg)
     shape = (-1,) + (1,) * (x.ndim - 1)
-    scale = (sch.sigma(t) ** 2 / sch.alpha(t)).to(x.dtype).reshape(shape)
+    scale = (sch.sigma(t) ** 2 * sch.alpha(t) ** (alpha_power - 1)).to(x.dtype).reshape(shape)
     return x0.detach() + weight * scale * grad
 
 

@@ -16,18 +16,25 @@ class PiGDM(Guidance):
     r_t² = σ̃²/(1 + σ̃²) = σ_t² in VP form, which is exact for an N(μ, I) prior. The
     (r_t² AAᵀ + σ_y² I) system is solved by ``cg_steps`` of CG in measurement space and
     held constant in the vector-Jacobian product; ``weight`` scales the correction.
+
+    ``alpha_power`` k multiplies the correction by α_t^k. k = 0 (default) is exact for a
+    Gaussian prior (tested); on the trained demo MRI prior (ε-prediction, 20 DDIM steps, 4x)
+    it diverged to 6.7 dB PSNR at any weight in [0.1, 1], while k = 1 gave 22.8 dB and k = 2
+    20.8 dB (3 slices, measured). Noiseless ΠGDM codes that add α_s α_t g to x_s (e.g.
+    azula) damp comparably at high noise. Use k = 1 with ε-networks at few steps.
     """
 
     cite = "Song et al. 2023, PiGDM Eq. 7-8"
     needs_grad = True
 
-    def __init__(self, operator: LinearOperator, y: Tensor, weight: float = 1.0, cg_steps: int = 10) -> None:
+    def __init__(self, operator: LinearOperator, y: Tensor, weight: float = 1.0, cg_steps: int = 10, alpha_power: float = 0.0) -> None:
         super().__init__(operator, y)
         self.weight = float(weight)
         self.cg_steps = int(cg_steps)
+        self.alpha_power = float(alpha_power)
 
     def conditional(self, D: Denoiser, x: Tensor, t: Tensor) -> Tensor:
-        return score_guided(D, x, t, lambda x0, tt: self._loglik(D, x0, tt), self.weight)
+        return score_guided(D, x, t, lambda x0, tt: self._loglik(D, x0, tt), self.weight, self.alpha_power)
 
     def _loglik(self, D: Denoiser, x0: Tensor, t: Tensor) -> Tensor:
         op, noise_var = self.operator, self.operator.noise_std**2
