@@ -109,15 +109,16 @@ def test_diffpir_step_with_zero_zeta_is_ddim():
     assert torch.allclose(a, b, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["pigdm", "dps"])
 @pytest.mark.parametrize("power", [1.0, 2.0])
-def test_pigdm_alpha_power_scales_the_correction_by_alpha_to_the_power(power):
-    """ΠGDM's damped correction is exactly α_t^k times the Tweedie correction (k = alpha_power)."""
+def test_alpha_power_scales_the_correction_by_alpha_to_the_power(name, power):
+    """The damped ΠGDM / DPS correction is exactly α_t^k times the Tweedie correction (k = alpha_power)."""
     s = VPSchedule()
     prior = GaussianMixtureDenoiser(s, torch.ones(1), torch.tensor([[0.5, -0.5, 1.0, 0.0]], dtype=torch.float64), torch.tensor([1.0]))
     y = torch.tensor([[2.0, -1.5]], dtype=torch.float64).expand(3, 2)
     x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     t = torch.full((3,), 0.6, dtype=torch.float64)
     plain = prior(x, t)
-    tweedie = make_guidance("pigdm", Select(2, 0.1), y)(prior)(x, t) - plain
-    damped = make_guidance("pigdm", Select(2, 0.1), y, alpha_power=power)(prior)(x, t) - plain
+    tweedie = make_guidance(name, Select(2, 0.1), y)(prior)(x, t) - plain
+    damped = make_guidance(name, Select(2, 0.1), y, alpha_power=power)(prior)(x, t) - plain
     assert torch.allclose(damped, float(s.alpha(0.6)) ** power * tweedie, rtol=1e-10, atol=1e-12)
