@@ -130,12 +130,12 @@ def test_dts_star_best_reward_never_falls_as_rollouts_grow():
     assert torch.equal(single[0].reward, res[1].reward) and bool((single[1].reward >= single[0].reward).all())
 
 
-@pytest.mark.parametrize("name", ["dts", "dts_star"])
-def test_dts_results_do_not_depend_on_the_batch(name):
-    """One tree per run with its own noise stream and selection generator: K runs in one
-    batch give what each run gives alone."""
+@pytest.mark.parametrize("name,options", [("dts", {"rollouts": 12}), ("dts_star", {"rollouts": 12}), ("svdd", {"candidates": 4, "alpha": 0.5})])
+def test_tree_and_svdd_results_do_not_depend_on_the_batch(name, options):
+    """One tree (or SVDD chain) per run with its own noise stream and selection generator:
+    K runs in one batch give what each run gives alone."""
     runs, solver, grid = 4, make_solver("ddpm", SCH), SCH.grid(10)
-    m = make_search(name, None, None, reward=linear_reward, rollouts=12)
+    m = make_search(name, None, None, reward=linear_reward, **options)
     together = m.run(solver, PROBLEM.prior, _x_T(runs), grid, PerSampleNoise(range(runs)))
     for r in range(runs):
         alone = m.run(solver, PROBLEM.prior, _x_T(runs)[r : r + 1], grid, PerSampleNoise([r]))

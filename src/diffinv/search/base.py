@@ -180,7 +180,7 @@ class SearchMethod:
         self.y = y
         self.reward = load_reward(reward, operator, y)
         self.hallucination_steps = int(hallucination_steps)
-        self.generator = torch.Generator().manual_seed(int(seed))
+        self.seed = int(seed)
 
     @property
     def particles_per_run(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -20,6 +21,8 @@ class SVDD(SearchMethod):
     ``alpha = 0`` keeps the best candidate (the image-experiment default, M = 20). The
     candidate's x0 is reused by the next step, so a step costs M evaluations. With
     M = 1 it reproduces the base sampler exactly (candidate 0 uses the particle's own noise).
+    With ``alpha > 0`` each run draws its choices from its own generator (seeded from the
+    run's noise seed and ``seed``), so results do not depend on the batch.
     """
 
     cite = "Li et al. 2024, SVDD Alg. 1"
@@ -38,6 +41,7 @@ class SVDD(SearchMethod):
         cand_noise = expand_noise(noise, m)
         x, state = x_T, solver.init_state()
         x0 = denoise(counter, x, grid[0])
+        choosers = [torch.Generator().manual_seed(int(np.random.SeedSequence([s, self.seed]).generate_state(1, np.uint64)[0] >> 1)) for s in noise.seeds]
         for i in range(len(grid) - 1):
             rep = torch.arange(b).repeat_interleave(m)
             x_rep = x[rep]
@@ -48,7 +52,8 @@ class SVDD(SearchMethod):
             if self.alpha == 0:
                 j = v.argmax(1)
             else:
-                j = torch.multinomial(torch.softmax(v / self.alpha, 1), 1, generator=self.generator)[:, 0]
+                probs = torch.softmax(v / self.alpha, 1)
+                j = torch.cat([torch.multinomial(probs[r], 1, generator=choosers[r]) for r in range(b)])
             pick = j + m * torch.arange(b)
             x, state, x0 = cand[pick], select_state(st, pick), cand_x0[pick]
             tracker(StepInfo(i, float(grid[i + 1]), x, state.get("x0")))
