@@ -155,3 +155,13 @@ def test_population_results_do_not_depend_on_the_batch(name):
         alone = m.run(solver, PROBLEM.prior, _x_T(runs * n)[rows], grid, PerSampleNoise(seeds[rows]))
         torch.testing.assert_close(alone.x[0], together.x[r], rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(alone.ess[0], together.ess[r])
+
+
+def test_minority_score_of_a_sample_does_not_depend_on_the_batch():
+    """The minority score's noise draws are shared by all rows: a row scores the same alone or in a batch."""
+    from diffinv.search.minority import minority_score
+
+    x0 = _x_T(5)
+    together = minority_score(PROBLEM.prior, x0)
+    alone = torch.cat([minority_score(PROBLEM.prior, x0[r : r + 1]) for r in range(5)])
+    torch.testing.assert_close(alone, together, rtol=1e-12, atol=1e-12)

@@ -18,14 +18,15 @@ def minority_score(D: Denoiser, x0: Tensor, t: float = 0.06, draws: int = 5, see
     """l(x0) = mean_j ‖x0 − D(α_t x0 + σ_t ε_j, t)‖² / dim: Tweedie reconstruction loss, high off the data mode.
 
     Um et al. 2024 (ICLR), Eq. 6, with the squared error in place of LPIPS (t = 60/1000,
-    5 draws as in the paper). Noise draws are fixed by ``seed`` so the score is a smooth function.
+    5 draws as in the paper). Noise draws are fixed by ``seed`` and shared by every row, so the
+    score is a smooth function of x0 alone, whatever the batch.
     """
     g = torch.Generator().manual_seed(seed)
     sch = D.schedule
     tt = torch.full((x0.shape[0],), float(t), dtype=torch.float64, device=x0.device)
     total = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
     for _ in range(draws):
-        eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype).to(x0.device)
+        eps = torch.randn((1,) + tuple(x0.shape[1:]), generator=g, dtype=x0.dtype).to(x0.device)
         rec = D(float(sch.alpha(t)) * x0 + float(sch.sigma(t)) * eps, tt)
         total = total + ((x0 - rec) ** 2).reshape(x0.shape[0], -1).mean(1)
     return total / draws
