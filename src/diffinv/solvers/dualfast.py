@@ -18,6 +18,10 @@ class DualFast(WrappedSolver):
     high noise, so the prediction is pushed away from the high-noise prediction by a
     strength that decays to 0 at the end. The exact update was not retrieved (samplers.md
     marks it unverified); this is our reading of §4. ``coefficient=0`` is the base solver.
+    Measured (``benchmarks/solvers_convergence.py``, c = 0.2): the term does not vanish as
+    NFE grows, so the error to the ODE solution plateaus (RMSE about 0.1 on the GMM prior and
+    0.35 on the demo MRI prior, whose first x0 prediction is clipped noise). Check against
+    the paper before relying on it.
     """
 
     cite = "Yu et al. 2025, DualFast §4 (update as read here, unverified)"
