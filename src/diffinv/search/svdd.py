@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -11,7 +10,7 @@ from diffinv.errors import ConfigError
 from diffinv.operators.base import LinearOperator
 from diffinv.search.base import CountingMemo, SearchMethod, SearchResult, expand_noise
 from diffinv.search.rewards import Reward
-from diffinv.solvers.base import PerSampleNoise, Solver, StepInfo, denoise, select_state
+from diffinv.solvers.base import PerSampleNoise, Solver, StepInfo, denoise, derive_seed, select_state
 
 
 class SVDD(SearchMethod):
@@ -41,7 +40,7 @@ class SVDD(SearchMethod):
         cand_noise = expand_noise(noise, m)
         x, state = x_T, solver.init_state()
         x0 = denoise(counter, x, grid[0])
-        choosers = [torch.Generator().manual_seed(int(np.random.SeedSequence([s, self.seed]).generate_state(1, np.uint64)[0] >> 1)) for s in noise.seeds]
+        choosers = [torch.Generator().manual_seed(derive_seed(s, self.seed)) for s in noise.seeds]
         for i in range(len(grid) - 1):
             rep = torch.arange(b).repeat_interleave(m)
             x_rep = x[rep]

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -25,6 +26,11 @@ from diffinv.diffusion.schedule import VPSchedule
 from diffinv.errors import ConfigError
 
 State = dict[str, Any]
+
+
+def derive_seed(*entropy: int) -> int:
+    """A 63-bit seed from a tuple of integers (numpy ``SeedSequence``): independent streams per tuple."""
+    return int(np.random.SeedSequence([int(e) for e in entropy]).generate_state(1, np.uint64)[0] >> 1)
 
 
 class PerSampleNoise:

@@ -30,6 +30,7 @@ from diffinv.operators.base import inner
 from diffinv.operators.mri import MRIOperator, center_mask, estimate_sensitivities, ifft2c, sampling_mask
 from diffinv.search import SearchMethod, make_search
 from diffinv.solvers import CountingDenoiser, PerSampleNoise, Solver, make_solver, sample
+from diffinv.solvers.base import derive_seed
 from diffinv.uncertainty import HallucinationScore
 
 
@@ -102,7 +103,7 @@ def training_images(store: Path, center_fraction: float) -> Tensor:
 
 def case_seed(seed: int, case: int, particle: int) -> int:
     """Seed of one posterior sample: independent of batch size and of other cases."""
-    return int(np.random.SeedSequence([seed, case, particle]).generate_state(1, np.uint64)[0] >> 1)
+    return derive_seed(seed, case, particle)
 
 
 def case_mask(case: MRICase, case_index: int, acceleration: int, kind: str, center_fraction: float, seed: int) -> Tensor:
@@ -202,7 +203,7 @@ def reconstruct_case(
 def _search_batch(search: SearchMethod, solver: Solver, counter: Denoiser, method: dict[str, Any], op: MRIOperator, y1: Tensor, grid: Tensor, seeds: list[int], shape: tuple[int, ...], device: str) -> tuple[Tensor, Tensor, Tensor]:
     """One batch of posterior samples from a search plug-in: samples, hallucination scores, ESS (NaN if none)."""
     per_run = search.particles_per_run
-    noise = PerSampleNoise([int(np.random.SeedSequence([s, j]).generate_state(1, np.uint64)[0] >> 1) for s in seeds for j in range(per_run)], device)
+    noise = PerSampleNoise([derive_seed(s, j) for s in seeds for j in range(per_run)], device)
     # one observation shared by every row: searches evaluate subsets of rows (RBF, DTS), so the
     # guidance gets y with a broadcastable batch axis of 1, not one expanded to the population
     guidance = make_guidance(method["guidance"], op, y1, **method.get("guidance_options", {}))
