@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -19,7 +18,7 @@ from diffinv.diffusion.denoisers import Denoiser
 from diffinv.errors import ConfigError
 from diffinv.operators.base import LinearOperator
 from diffinv.search.rewards import Reward, load_reward
-from diffinv.solvers.base import PerSampleNoise, Solver
+from diffinv.solvers.base import PerSampleNoise, Solver, derive_seed
 from diffinv.uncertainty import HallucinationScore
 
 
@@ -119,8 +118,7 @@ def expand_noise(noise: PerSampleNoise, m: int) -> PerSampleNoise:
     for seed, gen in zip(noise.seeds, noise.generators):
         gens.append(gen)
         for j in range(1, m):
-            state = np.random.SeedSequence([seed, j]).generate_state(1, np.uint64)[0] >> 1
-            gens.append(torch.Generator().manual_seed(int(state)))
+            gens.append(torch.Generator().manual_seed(derive_seed(seed, j)))
     return shared_noise(noise, gens)
 
 
@@ -130,25 +128,20 @@ def effective_sample_size(log_w: Tensor) -> Tensor:
     return 1.0 / (w**2).sum(-1)
 
 
-def systematic_resample(log_w: Tensor, generator: torch.Generator | list[torch.Generator], rows: Tensor | None = None) -> Tensor:
+def systematic_resample(log_w: Tensor, generators: list[torch.Generator], rows: Tensor) -> Tensor:
     """Flat indices (runs·N,) of a systematic resampling within each row of (runs, N) log-weights (Kitagawa 1996).
 
-    With one generator per row (a list) and a boolean ``rows`` mask, only the masked rows
-    are resampled (the others keep their particles) and each draws its uniform from its
-    own generator, so a row's result does not depend on the other rows.
+    Only the rows where the boolean ``rows`` is set are resampled (the others keep their
+    particles); each draws its uniform from its own generator, so a row's result does not
+    depend on the other rows.
     """
     runs, n = log_w.shape
     cdf = torch.softmax(log_w.to(torch.float64), dim=-1).cumsum(-1)
     cdf[:, -1] = 1.0
-    if isinstance(generator, torch.Generator):
-        u0 = torch.rand(runs, 1, generator=generator, dtype=torch.float64)
-    else:
-        which = [True] * runs if rows is None else rows.tolist()
-        u0 = torch.tensor([[float(torch.rand((), generator=g, dtype=torch.float64))] if w else [0.0] for g, w in zip(generator, which)], dtype=torch.float64)
+    u0 = torch.tensor([[float(torch.rand((), generator=g, dtype=torch.float64)) if w else 0.0] for g, w in zip(generators, rows.tolist())], dtype=torch.float64)
     u = (u0 + torch.arange(n, dtype=torch.float64)) / n
     idx = torch.searchsorted(cdf, u).clamp_max(n - 1)
-    if rows is not None:
-        idx = torch.where(rows[:, None], idx, torch.arange(n)[None])
+    idx = torch.where(rows[:, None], idx, torch.arange(n)[None])
     return (idx + n * torch.arange(runs)[:, None]).reshape(-1)
 
 

@@ -83,9 +83,8 @@ class DTS(SearchMethod):
     the data end (adding every node), scores the leaf by the reward r and backs the
     value up to the root. A node with N visits may hold ⌈k·N^α⌉ children (progressive
     widening, Coulom 2007; k = ``branching``, α = ``widening``; α = 0 is a fixed branching
-    factor k), so coarse levels keep branching as the tree grows; nodes above grid index
-    ``first_branch`` hold a single child. The tree is kept
-    between rollouts, so more rollouts refine the same tree (anytime).
+    factor k), so coarse levels keep branching as the tree grows. The tree is kept between
+    rollouts, so more rollouts refine the same tree (anytime).
 
     DTS (``greedy=False``) selects children ∝ exp(λ v̂), backs up the soft value
     v̂(n) = (1/λ) log mean_c exp(λ v̂(c)) and returns a leaf drawn by descending with the
@@ -109,23 +108,21 @@ class DTS(SearchMethod):
     cite = "Jain et al. 2025, DTS/DTS*"
 
     def __init__(self, operator: LinearOperator | None = None, y: Tensor | None = None, reward: str | Reward | None = None, rollouts: int = 32, branching: float = 2, lam: float = 1.0,
-                 greedy: bool = False, widening: float = 0.0, exploration: float = 0.0, first_branch: int = 0, prune: float = 0.0, **options) -> None:
+                 greedy: bool = False, widening: float = 0.0, exploration: float = 0.0, prune: float = 0.0, **options) -> None:
         super().__init__(operator, y, reward, **options)
         if rollouts < 1 or branching < 1 or lam <= 0 or widening < 0 or exploration < 0:
             raise ConfigError("search dts: need rollouts >= 1, branching >= 1, lam > 0, widening >= 0 and exploration >= 0")
         if widening == 0 and branching != int(branching):
             raise ConfigError("search dts: a fixed branching factor (widening 0) must be a whole number")
         self.rollouts, self.branching, self.lam, self.greedy = int(rollouts), float(branching), float(lam), bool(greedy)
-        self.widening, self.exploration, self.first_branch = float(widening), float(exploration), int(first_branch)
+        self.widening, self.exploration = float(widening), float(exploration)
         if prune < 0 or (prune > 0 and not greedy):  # a pruned stub's value is an estimate, not a draw: no exact sampling
             raise ConfigError("search dts: prune must be >= 0 and needs greedy selection (DTS*)")
         self.prune = float(prune)
         self.rngs: list[random.Random] = []
 
-    def _allowed(self, visits: int, depth: int) -> int:
-        """Children a node may hold on its next visit."""
-        if depth < self.first_branch:
-            return 1
+    def _allowed(self, visits: int) -> int:
+        """Children a node with ``visits`` rollouts through it may hold on its next visit."""
         if self.widening == 0:
             return int(self.branching)
         return max(1, math.ceil(self.branching * (visits + 1) ** self.widening))
@@ -152,7 +149,7 @@ class DTS(SearchMethod):
             return False
         return forest.est[node] + self.prune * max(gap, 0.0) < forest.high[r]  # type: ignore[operator]
 
-    def _backup(self, forest: _Forest, node: int, steps: int, leaf: bool = True) -> None:
+    def _backup(self, forest: _Forest, node: int, leaf: bool = True) -> None:
         forest.done[node] = leaf  # a leaf at the data end; a pruned stub may be expanded again
         node = forest.parent[node]
         while node >= 0:
@@ -163,23 +160,24 @@ class DTS(SearchMethod):
             else:
                 v = torch.tensor(vals, dtype=torch.float64)
                 forest.value[node] = float(torch.logsumexp(self.lam * v, 0) - math.log(len(vals))) / self.lam
-            forest.done[node] = len(vals) >= self._allowed(0, forest.depth[node]) and (self.widening == 0 or forest.depth[node] < self.first_branch) and all(forest.done[c] for c in forest.children[node])
+            # only a fixed branching factor ever fills a node; under widening it may always grow
+            forest.done[node] = self.widening == 0 and len(vals) >= int(self.branching) and all(forest.done[c] for c in forest.children[node])
             node = forest.parent[node]
 
-    def _start(self, forest: _Forest, root: int, steps: int) -> int | None:
+    def _start(self, forest: _Forest, root: int) -> int | None:
         """The node the next rollout of this run expands (None when the tree is complete)."""
         if forest.done[root]:
             return None
         node = root
         while True:
             open_kids = [c for c in forest.children[node] if not forest.done[c]]
-            if len(forest.children[node]) < self._allowed(forest.visits[node], forest.depth[node]) or not open_kids:
+            if len(forest.children[node]) < self._allowed(forest.visits[node]) or not open_kids:
                 return node
             node = self._pick(forest, node)
 
     def _rollout(self, forest: _Forest, solver: Solver, counter: CountingMemo, grid: Tensor, noise: PerSampleNoise) -> None:
         steps = len(grid) - 1
-        starts = [self._start(forest, root, steps) for root in forest.roots]
+        starts = [self._start(forest, root) for root in forest.roots]
         current = list(starts)
         for k in range(steps):
             active = [r for r, n in enumerate(current) if n is not None and forest.depth[n] == k]
@@ -200,7 +198,7 @@ class DTS(SearchMethod):
                 if self.prune and self._hopeless(forest, n):
                     stub = current[r]
                     forest.value[stub], forest.visits[stub] = float(forest.est[n]), 1  # type: ignore[arg-type]
-                    self._backup(forest, stub, steps, leaf=False)
+                    self._backup(forest, stub, leaf=False)
                     current[r] = None
         for r, leaf in enumerate(current):
             if leaf is None or leaf == starts[r]:
@@ -215,7 +213,7 @@ class DTS(SearchMethod):
             forest.value[leaf], forest.visits[leaf] = value, 1
             forest.low[r], forest.high[r] = min(forest.low[r], value), max(forest.high[r], value)
             forest.leaves[r].append(leaf)
-            self._backup(forest, leaf, steps)
+            self._backup(forest, leaf)
 
     def _result(self, forest: _Forest, nfe: int) -> SearchResult:
         out = []
