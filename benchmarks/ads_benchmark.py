@@ -14,7 +14,6 @@ over the best fixed mask, and the wall time and NFE per slice. Writes
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 from typing import Any
@@ -28,24 +27,20 @@ import torch
 
 from diffinv.config import load_config
 from diffinv.diffusion.networks import load_denoiser
-from diffinv.tasks.ads import ads_metrics, run_ads
-from diffinv.tasks.mri import load_cases
+from diffinv.tasks.ads import ads_inputs, ads_metrics, run_ads
+from _common import write_csv
 
 OUT = Path(__file__).parent / "out"
 
 
 def bench(cfg: dict[str, Any], args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
     """Mean metrics, wall time and NFE per slice of every strategy at every acceleration on ``device``."""
-    mri, ads = cfg["mri"], cfg["ads"]
-    method = {"solver_options": {}, "guidance_options": {}, **ads["method"]}
     prior = load_denoiser(args.prior, device)
-    cases = load_cases(args.data, mri["data"]["center_fraction"], args.cases or ads["cases"])
-    train = [c for c in load_cases(args.train, mri["data"]["center_fraction"], ads["greedy_slices"]) if c.truth is not None]
-    sampling = {**mri["sampling"], "samples": ads["particles"], "batch_size": ads["particles"]}
+    cases, train, method, sampling = ads_inputs(cfg, args.data, args.train, args.cases)
     rows = []
     for acc in args.accelerations:
         start = time.perf_counter()
-        ds = run_ads(cases, train, prior, acc, method, sampling, ads, mri["data"]["center_fraction"], cfg["seed"], device, {})
+        ds = run_ads(cases, train, prior, acc, method, sampling, cfg["ads"], cfg["mri"]["data"]["center_fraction"], cfg["seed"], device, {})
         total = time.perf_counter() - start
         metrics = ads_metrics(ds)
         for s, strategy in enumerate(ds["strategy"].values):
@@ -85,11 +80,7 @@ def main() -> None:
         best = max((r for r in group if r["strategy"] != "ads"), key=lambda r: r["ssim"])
         print(f"{device} {acc}x: ADS SSIM {ads['ssim']:.4f} vs best fixed ({best['strategy']}) {best['ssim']:.4f}: gain {ads['ssim'] - best['ssim']:+.4f}")
 
-    OUT.mkdir(parents=True, exist_ok=True)
-    with open(OUT / "ads_benchmark.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(OUT / "ads_benchmark.csv", rows)
     groups = list(dict.fromkeys((r["device"], r["acceleration"]) for r in rows))
     fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.4), squeeze=False)
     for ax, (device, acc) in zip(axes[0], groups):

@@ -74,20 +74,15 @@ def _cmd_sample(args: argparse.Namespace) -> None:
 def _cmd_ads(args: argparse.Namespace) -> None:
     from diffinv.diffusion.networks import load_denoiser
     from diffinv.io.store import write_zarr
-    from diffinv.tasks.ads import run_ads
-    from diffinv.tasks.mri import load_cases
+    from diffinv.tasks.ads import ads_inputs, run_ads
 
     cfg = _config(args)
     device = _setup(cfg)
-    mri, ads = cfg["mri"], cfg["ads"]
-    method = {"solver_options": {}, "guidance_options": {}, **ads["method"]}
     prior = load_denoiser(Path(args.prior), device)
-    cases = load_cases(Path(args.data), mri["data"]["center_fraction"], ads["cases"])
-    train = [c for c in load_cases(Path(args.train), mri["data"]["center_fraction"], ads["greedy_slices"]) if c.truth is not None]
-    sampling = {**mri["sampling"], "samples": ads["particles"], "batch_size": ads["particles"]}
+    cases, train, method, sampling = ads_inputs(cfg, Path(args.data), Path(args.train))
     record = {"step": "ads", "config": cfg, "data": str(args.data), "train": str(args.train), "prior": str(args.prior)}
     start = time.perf_counter()
-    ds = run_ads(cases, train, prior, args.acceleration, method, sampling, ads, mri["data"]["center_fraction"], cfg["seed"], device, record)
+    ds = run_ads(cases, train, prior, args.acceleration, method, sampling, cfg["ads"], cfg["mri"]["data"]["center_fraction"], cfg["seed"], device, record)
     write_zarr(ds, Path(args.output))
     print(f"wrote {args.output} ({len(cases)} cases, {time.perf_counter() - start:.1f} s)")
 

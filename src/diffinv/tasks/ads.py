@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ from diffinv.io.store import provenance, set_provenance
 from diffinv.metrics import image_metrics
 from diffinv.operators.mri import center_mask, fft2c, sampling_mask, variable_density_mask
 from diffinv.solvers import CountingDenoiser, PerSampleNoise, make_solver
-from diffinv.tasks.mri import MRICase, case_operator, case_seed, reconstruct_case
+from diffinv.tasks.mri import MRICase, case_operator, case_seed, load_cases, reconstruct_case
 
 BASELINES = ("random", "equispaced", "variable_density", "greedy")
 
@@ -124,10 +125,10 @@ def ads_case(
             order.append(line)
             mask = mask.clone()
             mask[line] = True
-    op, y = case_operator(case, mask, device)
-    y = y.expand((n,) + tuple(y.shape[1:]))
-    with torch.no_grad():
-        x = op.project(x, y) if sampling["final_dc"] else x
+    if sampling["final_dc"] and ads["reconstruction"] == "continue":  # resampling projects its own samples
+        op, y = case_operator(case, mask, device)
+        with torch.no_grad():
+            x = op.project(x, y.expand((n,) + tuple(y.shape[1:])))
     return {"samples": x.cpu(), "mask": mask.cpu(), "order": order, "entropy": np.array(entropies).reshape(len(order), width), "nfe": counter.nfe}
 
 
@@ -165,6 +166,19 @@ def baseline_mask(kind: str, width: int, budget: int, num_low: int, center_fract
         return variable_density_mask(width, budget, num_low, seed)
     fastmri_kind = {"random": "random", "equispaced": "equispaced_fraction"}[kind]
     return sampling_mask(fastmri_kind, width, width / budget, center_fraction, seed)
+
+
+def ads_inputs(cfg: dict[str, Any], data: Path, train: Path, cases: int | None = None) -> tuple[list[MRICase], list[MRICase], dict[str, Any], dict[str, Any]]:
+    """What :func:`run_ads` needs from a validated config: evaluation cases (the first
+    ``cases``, default ``ads.cases``), training cases with truth for the greedy mask, the
+    method (options filled in) and the sampling settings with ``ads.particles`` samples."""
+    mri, ads = cfg["mri"], cfg["ads"]
+    fraction = mri["data"]["center_fraction"]
+    eval_cases = load_cases(data, fraction, cases or ads["cases"])
+    train_cases = [c for c in load_cases(train, fraction, ads["greedy_slices"]) if c.truth is not None]
+    method = {"solver_options": {}, "guidance_options": {}, **ads["method"]}
+    sampling = {**mri["sampling"], "samples": ads["particles"], "batch_size": ads["particles"]}
+    return eval_cases, train_cases, method, sampling
 
 
 def run_ads(
