@@ -10,7 +10,6 @@ benchmarks/out/dts_tilted.csv. Run: PYTHONPATH=src python benchmarks/dts_tilted.
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from diffinv.search import make_search
 from diffinv.solvers import PerSampleNoise, make_solver
 from diffinv.testbed import distance_to, make_problem, tilt
+from _common import write_csv
 
 OUT = Path(__file__).parent / "out"
 
@@ -63,11 +63,7 @@ def main() -> None:
                 rows.append({"seed": seed, "method": name, "rollouts": c, "nfe": rr.nfe_per_sample, "mean_best_reward": float(rr.reward.mean()),
                              "sw_to_tilted": distance_to(target, rr.x), "seconds": round(time.perf_counter() - start, 1)})
                 print(rows[-1], flush=True)
-    OUT.mkdir(parents=True, exist_ok=True)
-    with open(OUT / "dts_tilted.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(OUT / "dts_tilted.csv", rows)
     print(f"tilted target mean reward {float(reward(target.sample(200_000, torch.Generator().manual_seed(7))).mean()):.3f}")
 
 

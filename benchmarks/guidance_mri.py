@@ -9,7 +9,6 @@ Run: PYTHONPATH=src python benchmarks/guidance_mri.py [--quick] [--root /path/to
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from diffinv.diffusion.networks import load_denoiser
 from diffinv.metrics import image_metrics
 from diffinv.tasks.mri import load_cases, reconstruct
 from diffinv.uncertainty import interval_coverage
+from _common import write_csv
 
 OUT = Path(__file__).parent / "out"
 METHODS = [
@@ -64,11 +64,7 @@ def main() -> None:
             rows.append(dict(method=method_name(method), options=str(method.get("guidance_options", {})), acceleration=acc, psnr=np.mean([m["psnr"] for m in metrics]), ssim=np.mean([m["ssim"] for m in metrics]),
                              coverage_90=float(np.mean(cover)), seconds=round(time.perf_counter() - start, 1)))
             print(rows[-1], flush=True)
-    OUT.mkdir(parents=True, exist_ok=True)
-    with open(OUT / "guidance_mri.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(OUT / "guidance_mri.csv", rows)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ Run: PYTHONPATH=src python benchmarks/guidance_testbed.py [--quick]
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from diffinv.guidance import make_guidance  # noqa: E402
 from diffinv.search import make_search  # noqa: E402
 from diffinv.solvers import CountingDenoiser, PerSampleNoise, make_solver, sample  # noqa: E402
 from diffinv.testbed import distance_to, make_problem, noise_floor, tilt  # noqa: E402
+from _common import write_csv  # noqa: E402
 
 OUT = Path(__file__).parent / "out"
 GUIDED = [("dps", "ddim", {"zeta": 1.0, "squared": True}, {}), ("pigdm", "ddim", {}, {}), ("dds", "ddim", {"cg_steps": 1}, {}),
@@ -114,15 +114,9 @@ def main() -> None:
     torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
     rows = posterior_table(args.quick)
-    with open(OUT / "guidance_testbed.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(OUT / "guidance_testbed.csv", rows)
     tilted = tilted_table(args.quick)
-    with open(OUT / "guidance_testbed_tilted.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(tilted[0]))
-        writer.writeheader()
-        writer.writerows(tilted)
+    write_csv(OUT / "guidance_testbed_tilted.csv", tilted)
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     for ax, dim in zip(axes, (8, 32)):
         sub = [r for r in rows if r["dim"] == dim and r["nfe"] > 0]

@@ -13,7 +13,6 @@ Usage: ``python benchmarks/ingest_throughput.py`` (prints a table and writes
 
 from __future__ import annotations
 
-import csv
 import gzip
 import json
 import subprocess
@@ -21,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from _common import write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "real"
@@ -96,11 +96,7 @@ def main() -> None:
                     "rss_peak_mb": round(fig["rss_peak_mb"], 1),
                     "rss_delta_mb": round(fig["rss_peak_mb"] - fig["rss_baseline_mb"], 1),
                 })
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    with open(OUT, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(OUT, rows)
     header = f"{'source':<6} {'input':<14} {'x':>3} {'MB':>7} {'s':>7} {'MB/s':>7} {'RSS base':>9} {'RSS peak':>9} {'delta':>7}"
     print(header)
     for r in rows:

@@ -12,7 +12,6 @@ same starting noise. Writes ``benchmarks/out/solvers_convergence.csv`` and ``.pn
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from diffinv.diffusion.denoisers import Denoiser, GaussianMixtureDenoiser  # noq
 from diffinv.diffusion.schedule import VPSchedule  # noqa: E402
 from diffinv.solvers import make_solver, sample  # noqa: E402
 from diffinv.solvers.base import integrate  # noqa: E402
+from _common import write_csv  # noqa: E402
 
 OUT = Path(__file__).parent / "out"
 PRIORS = [Path("/work/main/results/mri/demo/prior"), Path("/tmp/solvers_prior/prior")]
@@ -248,10 +248,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     for table, stem in ((rows, "solvers_convergence"), (timing, "solvers_overhead")):
         if table:
-            with open(OUT / f"{stem}.csv", "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(table[0]))
-                writer.writeheader()
-                writer.writerows(table)
+            write_csv(OUT / f"{stem}.csv", table)
     if rows:
         plot(rows, OUT / "solvers_convergence.png")
     summarise(rows, timing)

@@ -16,8 +16,9 @@ class DPS(Guidance):
     correction D_y = D + (σ_t²/α_t)·∇ log p̂(y|x_t) so any solver can follow it; with
     ``squared=True`` the Gaussian form −‖y − A D‖²/(2σ_y²) is used instead (weight ζ).
     ``alpha_power`` k damps the correction by α_t^k at high noise (see ``score_guided``):
-    on the demo MRI prior (20 DDIM steps, 4x, 3 slices) k = 0 gave 16.2 dB at ζ = 1 and
-    diverged for ζ ≥ 5, while k = 1 gave 17.6 / 18.5 / 20.4 dB at ζ = 1 / 3 / 10 (measured).
+    on the demo MRI prior (20 DDIM steps, 4x, 3 slices) k = 0 gave 16.2 dB at ζ = 1 (and an
+    earlier 8-slice run diverged on 8x slices for ζ ≥ 5), while k = 1 gave 17.6 / 18.5 /
+    20.4 dB at ζ = 1 / 3 / 10 (measured).
     """
 
     cite = "Chung et al. 2023, DPS Alg. 1"
