@@ -66,3 +66,4 @@ def test_every_search_runs_in_the_mri_stage_by_name(search):
     method = {"solver": "ddpm", "guidance": "none" if search == "mcgdiff" else "dds", "search": search, "search_options": SMALL_SEARCH_OPTIONS[search]}
     out = reconstruct_case(_case(), 0, _prior(), 2, method, SAMPLING, 0.25, 0, "cpu")
     assert out["samples"].shape == (3, 2, 8, 8) and torch.isfinite(out["samples"]).all()
+    assert out["samples"].dtype == torch.float32  # MCGdiff's float64 spectral step once leaked into the particles (a float32 network then failed)

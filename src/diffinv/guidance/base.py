@@ -50,7 +50,7 @@ def score_guided(D: Denoiser, x: Tensor, t: Tensor, loglik: Callable[[Tensor, Te
         x0 = D(xg, t)
         (grad,) = torch.autograd.grad(loglik(x0, t).sum(), xg)
     shape = (-1,) + (1,) * (x.ndim - 1)
-    scale = (sch.sigma(t) ** 2 * sch.alpha(t) ** (alpha_power - 1)).to(x.dtype).reshape(shape)
+    scale = (sch.sigma(t) ** 2 * sch.alpha(t) ** (alpha_power - 1)).to(device=x.device, dtype=x.dtype).reshape(shape)
     return x0.detach() + weight * scale * grad
 
 

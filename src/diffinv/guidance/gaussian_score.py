@@ -61,7 +61,7 @@ class GaussianScore(Guidance):
     def loglik(self, D: Denoiser, x0: Tensor, t: Tensor) -> Tensor:
         """Σ_m −w_m ‖y_m − A_m x̂0‖² / (2 var_m(t)), one value per particle."""
         sch = D.schedule
-        inflation = (self.gamma * (sch.sigma(t) / sch.alpha(t)) ** 2).to(x0.real.dtype)
+        inflation = (self.gamma * (sch.sigma(t) / sch.alpha(t)) ** 2).to(device=x0.device, dtype=x0.real.dtype)
         total = torch.zeros(x0.shape[0], dtype=x0.real.dtype, device=x0.device)
         for term in self.terms:
             r = term.y - term.operator.A(x0)

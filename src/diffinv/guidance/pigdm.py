@@ -40,6 +40,6 @@ class PiGDM(Guidance):
         op, noise_var = self.operator, self.operator.noise_std**2
         r2 = (D.schedule.sigma(t) ** 2).reshape((-1,) + (1,) * (self.y.ndim - 1))
         resid = (self.y - op.A(x0)).detach()
-        r2 = r2.to(resid.real.dtype)
+        r2 = r2.to(device=resid.device, dtype=resid.real.dtype)
         v = conjugate_gradient(lambda u: r2 * op.A(op.A_adjoint(u)) + noise_var * u, resid, resid.clone(), self.cg_steps)
         return inner(v, op.A(x0))

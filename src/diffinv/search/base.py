@@ -101,6 +101,15 @@ class PopulationNoise:
         return self
 
 
+def host_reward(reward: Reward) -> Reward:
+    """``reward`` with float64 values on the CPU, where searches keep weights, indices and generators."""
+
+    def on_host(x: Tensor) -> Tensor:
+        return reward(x).to(device="cpu", dtype=torch.float64)
+
+    return on_host
+
+
 def shared_noise(noise: PerSampleNoise, generators: list[torch.Generator]) -> PerSampleNoise:
     """A noise source drawing from the given generator objects (streams are shared, not copied)."""
     out = PerSampleNoise([0] * len(generators), noise.device)
@@ -171,7 +180,7 @@ class SearchMethod:
     def __init__(self, operator: LinearOperator | None = None, y: Tensor | None = None, reward: str | Reward | None = None, hallucination_steps: int = 5, seed: int = 0) -> None:
         self.operator = operator
         self.y = y
-        self.reward = load_reward(reward, operator, y)
+        self.reward = host_reward(load_reward(reward, operator, y))
         self.hallucination_steps = int(hallucination_steps)
         self.seed = int(seed)
 

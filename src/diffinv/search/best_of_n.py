@@ -71,7 +71,7 @@ class ZeroOrder(SearchMethod):
             x = sample(solver, counter, cands, grid, cand_noise, callback=tracker)
             r = self.reward(x).to(torch.float64)
             pick = best_per_run(r, n)
-            better = r[pick] > best_r
+            better = (r[pick] > best_r).to(x.device)
             shape = (-1,) + (1,) * (x.ndim - 1)
             pivot = torch.where(better.reshape(shape), cands[pick], pivot)
             best_x = x[pick] if best_x is None else torch.where(better.reshape(shape), x[pick], best_x)

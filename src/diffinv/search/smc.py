@@ -161,7 +161,7 @@ class MCGdiff(SearchMethod):
             log_norm = torch.where(self.obs, log_norm, torch.zeros_like(log_norm)).reshape(x.shape[0], -1).sum(1)
             if i > 0:  # x_T comes from p_T alone; later particles carry the potential g_s
                 log_norm = log_norm - self._log_potential(xb, a_s, sig_s)
-            log_w = log_w + log_norm.to(torch.float64).reshape(runs, n)
+            log_w = log_w + log_norm.to(device="cpu", dtype=torch.float64).reshape(runs, n)
             ess = effective_sample_size(log_w)
             min_ess = torch.minimum(min_ess, ess)
             low = ess < self.ess_threshold * n  # each run resamples on its own ESS
@@ -174,7 +174,7 @@ class MCGdiff(SearchMethod):
             post_var = torch.where(self.obs, c2 * v / (c2 + v), torch.full_like(v, c2))
             post_mean = torch.where(self.obs, (mb * v + target * c2) / (c2 + v), mb)
             z = self.svd.V_T(noise.randn(x.shape[1:], x.dtype))
-            x = self.svd.V(post_mean + post_var.sqrt() * z)
+            x = self.svd.V(post_mean + post_var.sqrt() * z).to(x.dtype)  # float64 spectral algebra, particles keep their dtype
         ess = effective_sample_size(log_w)
         pick = pick_per_run(log_w, noise.generators)
         reindex_tracker(tracker, pick)

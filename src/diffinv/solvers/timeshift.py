@@ -46,7 +46,7 @@ class TimeShift(WrappedSolver):
 
     def shifted_time(self, x: Tensor, t: float) -> Tensor:
         """Per-particle t_s for particles ``x`` at time ``t``."""
-        var = x.reshape(x.shape[0], -1).to(torch.float64).var(dim=1, unbiased=False)
+        var = x.reshape(x.shape[0], -1).to(torch.float64).var(dim=1, unbiased=False).cpu()  # matched against the CPU table
         lo = int(torch.searchsorted(self.taus, torch.tensor(t - self.window, dtype=torch.float64)))
         hi = int(torch.searchsorted(self.taus, torch.tensor(t + self.window, dtype=torch.float64), right=True))
         lo, hi = min(lo, len(self.taus) - 1), max(hi, lo + 1)
@@ -64,7 +64,7 @@ class TimeShift(WrappedSolver):
                 return D(x, t)
             ts = self.shifted_time(x, t0)
             shape = (-1,) + (1,) * (x.ndim - 1)
-            a_ts, s_ts = sch.alpha(ts).reshape(shape).to(x.dtype), sch.sigma(ts).reshape(shape).to(x.dtype)
+            a_ts, s_ts = (v.reshape(shape).to(device=x.device, dtype=x.dtype) for v in (sch.alpha(ts), sch.sigma(ts)))
             eps = (x - a_ts * D(x, ts)) / s_ts
             return (x - float(sch.sigma(t0)) * eps) / float(sch.alpha(t0))
 
