@@ -104,16 +104,32 @@ class Solver:
         """Advance ``x`` from time ``s`` to time ``t < s``."""
         raise NotImplementedError
 
-    def coefficients(self, s: Tensor, t: Tensor) -> tuple[float, float, float, float, float]:
-        """(α_s, σ_s, α_t, σ_t, h = λ_t − λ_s) as Python floats (float64 algebra)."""
-        sch = self.schedule
-        return (
-            float(sch.alpha(s)),
-            float(sch.sigma(s)),
-            float(sch.alpha(t)),
-            float(sch.sigma(t)),
-            float(sch.lam(t) - sch.lam(s)),
-        )
+    def lam(self, t: Tensor | float) -> float:
+        """λ_t as a Python float, memoised like :meth:`coefficients`."""
+        memo = self.__dict__.setdefault("_lam_memo", {})
+        key = float(t)
+        if key not in memo:
+            memo[key] = float(self.schedule.lam(t))
+        return memo[key]
+
+    def coefficients(self, s: Tensor | float, t: Tensor | float) -> tuple[float, float, float, float, float]:
+        """(α_s, σ_s, α_t, σ_t, h = λ_t − λ_s) as Python floats (float64 algebra).
+
+        Memoised per (s, t): the schedule's scalar tensor algebra otherwise costs more host
+        time per step than a small network's kernel launches on a GPU (measured).
+        """
+        memo = self.__dict__.setdefault("_coefficient_memo", {})
+        key = (float(s), float(t))
+        if key not in memo:
+            sch = self.schedule
+            memo[key] = (
+                float(sch.alpha(s)),
+                float(sch.sigma(s)),
+                float(sch.alpha(t)),
+                float(sch.sigma(t)),
+                float(sch.lam(t) - sch.lam(s)),
+            )
+        return memo[key]
 
 
 def _time(t: Tensor | float, x: Tensor) -> Tensor:

@@ -48,7 +48,13 @@ class DEIS(Solver):
         return torch.exp(-lam) if self.basis == "rho" else -lam
 
     def coefficients_ab(self, lams: tuple[float, ...], lam_t: float) -> list[float]:
-        """∫_{λ_s}^{λ_t} L_j(u(λ)) (−e^{−λ}) dλ for the newest-first nodes ``lams`` (λ_s = lams[0])."""
+        """∫_{λ_s}^{λ_t} L_j(u(λ)) (−e^{−λ}) dλ for the newest-first nodes ``lams`` (λ_s = lams[0]), memoised."""
+        memo = self.__dict__.setdefault("_ab_memo", {})
+        if (lams, lam_t) not in memo:
+            memo[lams, lam_t] = self._integrate_basis(lams, lam_t)
+        return memo[lams, lam_t]
+
+    def _integrate_basis(self, lams: tuple[float, ...], lam_t: float) -> list[float]:
         lam_s = lams[0]
         half = (lam_t - lam_s) / 2
         lam_q = torch.as_tensor(lam_s + half * (_NODES + 1), dtype=torch.float64)
@@ -68,8 +74,8 @@ class DEIS(Solver):
         a_s, sig_s, a_t, _, _ = self.coefficients(s, t)
         x0 = denoise(D, x, s)
         eps = (x - a_s * x0) / sig_s
-        new = push_history(state, {"eps": eps, "lam": (float(self.schedule.lam(s)),)}, self.order)
-        coef = self.coefficients_ab(new["lam"], float(self.schedule.lam(t)))
+        new = push_history(state, {"eps": eps, "lam": (self.lam(s),)}, self.order)
+        coef = self.coefficients_ab(new["lam"], self.lam(t))
         x_next = (a_t / a_s) * x
         for c, e in zip(coef, history(new, "eps")):
             x_next = x_next + a_t * c * e

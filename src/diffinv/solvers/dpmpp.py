@@ -74,7 +74,7 @@ class DPMSolverPP(_DataPrediction):
     def step(self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None) -> tuple[Tensor, State]:
         _, sig_s, a_t, sig_t, h = self.coefficients(s, t)
         x0 = self.predict(D, x, s)
-        new = push_history(state, {"x0": x0, "lam": (float(self.schedule.lam(s)),)}, self.order)
+        new = push_history(state, {"x0": x0, "lam": (self.lam(s),)}, self.order)
         d0, d1, d2 = multistep_combination(history(new, "x0"), new["lam"], h)
         return multistep_update(x, sig_t / sig_s, a_t, h, d0, d1, d2), new
 

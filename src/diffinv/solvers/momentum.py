@@ -35,7 +35,7 @@ class _Momentum(Solver):
     def step(self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None) -> tuple[Tensor, State]:
         _, sig_s, a_t, sig_t, h = self.coefficients(s, t)
         x0 = denoise(D, x, s)
-        d_bar, new = self.slope(state, {"x0": x0, "lam": (float(self.schedule.lam(s)),)}, x0, h)
+        d_bar, new = self.slope(state, {"x0": x0, "lam": (self.lam(s),)}, x0, h)
         return exp_update(x, sig_t / sig_s, a_t, h, d_bar), new
 
 

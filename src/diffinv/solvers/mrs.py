@@ -37,6 +37,6 @@ class MRS(DPMSolverPP):
         _, sig_s, a_t, sig_t, h = self.coefficients(s, t)
         mu = self.mu.to(x.dtype)
         x0 = denoise(D, x, s)
-        new = push_history(state, {"x0": x0, "lam": (float(self.schedule.lam(s)),)}, self.order)
+        new = push_history(state, {"x0": x0, "lam": (self.lam(s),)}, self.order)
         d0, d1, d2 = multistep_combination(history(new, "x0"), new["lam"], h)
         return mu + multistep_update(x - mu, sig_t / sig_s, a_t, h, d0 - mu, d1, d2), new

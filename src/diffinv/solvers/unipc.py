@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -14,11 +15,13 @@ from diffinv.solvers.base import PerSampleNoise, State, history, push_history
 from diffinv.solvers.dpmpp import _DataPrediction
 
 
-def unipc_weights(h: float, nodes: list[float], variant: str) -> tuple[float, float, np.ndarray]:
+@functools.lru_cache(maxsize=4096)
+def unipc_weights(h: float, nodes: tuple[float, ...], variant: str) -> tuple[float, float, tuple[float, ...]]:
     """(e^{−h} − 1, B(h), ρ) of one UniP/UniC update (Zhao et al. 2023, Alg. 2–3 and Eq. 8).
 
     ``nodes`` are r_k = (λ_k − λ_0)/h of the outputs entering the update besides the newest
-    one before the step (the corrector's new output has r = 1). ρ solves R ρ = b with
+    one before the step (the corrector's new output has r = 1); memoised, as the grid repeats
+    across batches. ρ solves R ρ = b with
     R_ik = r_k^i and b_i = (i+1)! h φ_{i+2}(−h)/B(h), B(h) = −h (bh1) or e^{−h} − 1 (bh2);
     with a single node ρ = 1/2, as in the official code.
     """
@@ -27,13 +30,13 @@ def unipc_weights(h: float, nodes: list[float], variant: str) -> tuple[float, fl
     b_h = hh if variant == "bh1" else phi1
     n = len(nodes)
     if n <= 1:
-        return phi1, b_h, np.full(n, 0.5)
+        return phi1, b_h, (0.5,) * n
     hphi, fact, b = phi1 / hh - 1.0, 1, []
     for i in range(1, n + 1):
         b.append(hphi * fact / b_h)
         fact *= i + 1
         hphi = hphi / hh - 1.0 / fact
-    return phi1, b_h, np.linalg.solve(np.vander(np.asarray(nodes), n, increasing=True).T, np.asarray(b))
+    return phi1, b_h, tuple(float(r) for r in np.linalg.solve(np.vander(np.asarray(nodes), n, increasing=True).T, np.asarray(b)))
 
 
 def unipc_update(
@@ -49,10 +52,10 @@ def unipc_update(
     if new is not None:
         diffs.append(new - ms[0])
         nodes.append(1.0)
-    phi1, b_h, rho = unipc_weights(h, nodes, variant)
+    phi1, b_h, rho = unipc_weights(h, tuple(nodes), variant)
     out = sig_ratio * x - a_t * phi1 * ms[0]
     for r, d in zip(rho, diffs):
-        out = out - a_t * b_h * float(r) * d
+        out = out - a_t * b_h * r * d
     return out
 
 
@@ -105,7 +108,7 @@ class UniPC(_DataPrediction):
             _, sig_0, a_s, _, h_c = self.coefficients(state["t_last"], s)
             prev = history(state, "x0")[: state["order"]]
             x = unipc_update(state["x_last"], sig_s / sig_0, a_s, h_c, prev, state["lam"], self.variant, new=m)
-        new = push_history(state, {"x0": m_raw, "lam": (float(self.schedule.lam(s)),), "time": (float(s),)}, 3)
+        new = push_history(state, {"x0": m_raw, "lam": (self.lam(s),), "time": (float(s),)}, 3)
         ms = [m] + history(new, "x0")[1:]
         p = min(order, len(ms))
         x_next = unipc_update(x, sig_t / sig_s, a_t, h, ms[:p], new["lam"], self.variant)
