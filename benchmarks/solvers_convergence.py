@@ -52,6 +52,7 @@ SOLVERS: dict[str, tuple[str, dict[str, Any]]] = {
     "mrs_mu0": ("mrs", {}),
     "dc_solver": ("dc_solver", {}),
     "s3": ("s3", {"blocks": 10}),
+    "fitted_lms": ("fitted_lms", {"calibration_size": 128}),
     "tstitch_0.4": ("tstitch", {"fraction": 0.4}),
 }
 
@@ -82,38 +83,53 @@ def gmm_posterior(prior: GaussianMixtureDenoiser, a: Tensor, y: Tensor, noise_st
     return GaussianMixtureDenoiser(prior.schedule, w, torch.stack(means), torch.stack(covs))
 
 
-def mri_setting(prior_dir: Path, data: Path, batch: int) -> tuple[Denoiser, Denoiser, tuple[int, ...]]:
-    """The trained prior and its DDS-guided posterior on the first demo slice at 4x acceleration."""
+def mri_setting(prior_dir: Path, data: Path, batch: int, device: str) -> tuple[Denoiser, Denoiser, tuple[int, ...]]:
+    """The trained prior and its DDS-guided posterior on the first demo slice at 4x acceleration, on ``device``."""
     from diffinv.diffusion.networks import load_denoiser
     from diffinv.guidance import make_guidance
     from diffinv.operators.mri import MRIOperator, sampling_mask
     from diffinv.tasks.mri import load_cases
 
-    prior = load_denoiser(prior_dir)
+    prior = load_denoiser(prior_dir, device)
     case = load_cases(data, 0.08, limit=1)[0]
     width = case.kspace.shape[-1]
-    mask = sampling_mask("random", width, 4, 0.08, seed=0)
-    sens = case.sensitivities[None] if case.sensitivities is not None else None
+    mask = sampling_mask("random", width, 4, 0.08, seed=0).to(device)
+    sens = case.sensitivities[None].to(device) if case.sensitivities is not None else None
     op = MRIOperator(mask, sens)
-    y = op.mask * (case.kspace[None] if sens is not None else case.kspace)
+    y = op.mask * (case.kspace[None] if sens is not None else case.kspace).to(device)
     y = y.expand((batch,) + tuple(y.shape[1:]))
     posterior = make_guidance("dds", op, y, cg_steps=5)(prior)
     return prior, posterior, (2,) + tuple(case.kspace.shape[-2:])
 
 
+def synchronize() -> None:
+    """Wait for queued CUDA work (a no-op unless CUDA is in use), so wall-clock timings are complete."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(fn: Callable[[], Tensor]) -> tuple[Tensor, float]:
+    """``fn()`` and its wall time in seconds (CUDA-synchronised before and after)."""
+    synchronize()
     start = time.perf_counter()
     out = fn()
+    synchronize()
     return out, time.perf_counter() - start
 
 
 def run_setting(
-    label: str, D: Denoiser, x_t: Tensor, nfes: list[int], ref_steps: int, small: Denoiser | None, rows: list[dict[str, Any]], network: bool = False
+    label: str, D: Denoiser, x_t: Tensor, nfes: list[int], ref_steps: int, small: Denoiser | None, rows: list[dict[str, Any]], network: bool = False,
+    calibration_rows: int | None = None,
 ) -> None:
     """Errors and time per step of every solver at every NFE for one prior.
 
-    With a network prior the S³ search (tens of sampling runs) is done up to 20 NFE only,
-    with 5 blocks, to keep the CPU run time in minutes.
+    Calibrated solvers (DC-Solver, S³, fitted) draw their own calibration batch of up to
+    ``calibration_rows`` draws (default: the test batch's size; a guided denoiser whose
+    observation carries the test batch needs that), independent of the test draws.
+
+    With a network prior the S³ search (tens of sampling runs) and the fitted solver's
+    calibration (a 500-step teacher on 32 draws) are done up to 20 NFE only, and S³ with 5
+    blocks, to keep the CPU run time in minutes.
     """
     sch = D.schedule
     with torch.no_grad():
@@ -129,20 +145,21 @@ def run_setting(
             if network and registry == "s3":
                 options = {**options, "blocks": 5}
             for nfe in nfes:
-                if network and registry == "s3" and nfe > 20:
+                if network and registry in ("s3", "fitted_lms") and nfe > 20:
                     continue
                 solver = make_solver(registry, sch, **options)
                 steps = max(1, nfe // solver.nfe_per_step)
-                g, t_prep = timed(lambda: solver.prepare(D, sch.grid(steps, "logsnr"), x_t))
+                like = x_t if calibration_rows is None else x_t.new_zeros((calibration_rows,) + tuple(x_t.shape[1:]))
+                g, t_prep = timed(lambda: solver.prepare(D, sch.grid(steps, "logsnr"), like))
                 out, t_run = timed(lambda: integrate(solver, D, x_t, g))
                 err = float((out - ref).pow(2).mean().sqrt())
-                rows.append(dict(setting=label, solver=name, nfe=steps * solver.nfe_per_step, steps=steps, rmse=err,
+                rows.append(dict(setting=label, device=str(x_t.device), solver=name, nfe=steps * solver.nfe_per_step, steps=steps, rmse=err,
                                  rel_error=err / float(ref.pow(2).mean().sqrt()), time_per_step_s=t_run / steps,
                                  denoiser_call_s=per_call, prepare_s=t_prep))
                 print(f"{label:<16} {name:<14} nfe {steps * solver.nfe_per_step:>3}  rmse {err:.3e}  {t_run / steps * 1e3:.1f} ms/step", flush=True)
 
 
-def overhead(D: Denoiser, x_t: Tensor, steps: int, repeats: int) -> list[dict[str, Any]]:
+def overhead(D: Denoiser, x_t: Tensor, steps: int, repeats: int, solvers: dict[str, tuple[str, dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
     """End-to-end cost per denoiser call of each solver against bare denoiser calls.
 
     For each solver, a whole ``steps``-NFE run on the network prior and the same number of
@@ -151,11 +168,13 @@ def overhead(D: Denoiser, x_t: Tensor, steps: int, repeats: int) -> list[dict[st
     Calibration and searches in ``prepare`` are excluded: they are one-offs, cached per
     configuration (their time is reported as ``prepare_s``). T-Stitch runs with ``D`` as
     both models here, so its figure is the switch's overhead, not the small model's saving.
+    ``solvers`` (default :data:`SOLVERS`) maps names to (registry name, options); ``D`` and
+    ``x_t`` may live on any device (timings synchronise CUDA).
     """
     sch = D.schedule
     out = []
     with torch.no_grad():
-        for name, (registry, options) in SOLVERS.items():
+        for name, (registry, options) in (SOLVERS if solvers is None else solvers).items():
             solver = make_solver(registry, sch, **({**options, "small": D} if registry == "tstitch" else options))
             n = max(1, steps // solver.nfe_per_step)
             grid, t_prep = timed(lambda: solver.prepare(D, sch.grid(n, "logsnr"), x_t))
@@ -166,7 +185,7 @@ def overhead(D: Denoiser, x_t: Tensor, steps: int, repeats: int) -> list[dict[st
                 t_bare.append(timed(lambda: [D(x_t, grid[i % n].expand(len(x_t))) for i in range(calls)][-1])[1])
             run, bare = sorted(t_run)[repeats // 2], sorted(t_bare)[repeats // 2]
             ratio = run / bare
-            out.append(dict(solver=name, run_s=run, bare_calls_s=bare, calls=calls, ratio=ratio, prepare_s=t_prep))
+            out.append(dict(device=str(x_t.device), solver=name, run_s=run, bare_calls_s=bare, calls=calls, ratio=ratio, prepare_s=t_prep))
             print(f"timing           {name:<14} {calls} calls: run {run * 1e3:.1f} ms, bare {bare * 1e3:.1f} ms: ratio {ratio:.4f}", flush=True)
     return out
 
@@ -209,9 +228,17 @@ def main() -> None:
     ap.add_argument("--mri-prior", type=Path, default=next((p for p in PRIORS if (p / "config.json").exists()), None))
     ap.add_argument("--mri-data", type=Path, default=next((p for p in DATA if p.exists()), None))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="device of the MRI settings (the GMM settings run on the CPU in float64)")
+    ap.add_argument("--mri-batch", type=int, default=32, help="MRI test draws per setting (also the calibration batch of the guided posterior)")
+    ap.add_argument("--calibration-batch", type=int, default=128, help="most calibration draws of calibrated solvers where the denoiser allows any batch")
+    ap.add_argument("--settings", default="gmm,gmm-posterior,mri,mri-posterior", help="comma-separated settings to run")
+    ap.add_argument("--stem", default="solvers_convergence", help="output file stem")
     ap.add_argument("--timing-only", action="store_true", help="only the per-step overhead on the MRI prior")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda"):  # true float32, so errors compare with CPU runs (TF32 moved DEIS-3's 10-step result by 13 %)
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     nfes = [5, 10, 20] if args.quick else [5, 10, 20, 50]
     if not args.quick:
         nfes.insert(3, 30)
@@ -226,31 +253,39 @@ def main() -> None:
     x_t = torch.randn(n, gmm.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * float(sch.sigma(sch.t_max))
     if args.timing_only:
         nfes = []
-    run_setting("gmm", gmm, x_t, nfes, ref_steps, small, rows)
+    settings = set(args.settings.split(","))
+    cal = args.calibration_batch
+    if "gmm" in settings:
+        run_setting("gmm", gmm, x_t, nfes, ref_steps, small, rows, calibration_rows=cal)
     a = torch.randn(2, gmm.dim, generator=torch.Generator().manual_seed(2), dtype=torch.float64) / math.sqrt(gmm.dim)
     y = a @ gmm.sample(1, torch.Generator().manual_seed(3))[0] + 0.05 * torch.randn(2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     post = gmm_posterior(gmm, a, y, 0.05)
-    run_setting("gmm-posterior", post, x_t, nfes, ref_steps, gmm_posterior(small, a, y, 0.05), rows)
+    if "gmm-posterior" in settings:
+        run_setting("gmm-posterior", post, x_t, nfes, ref_steps, gmm_posterior(small, a, y, 0.05), rows, calibration_rows=cal)
 
-    if args.mri_prior is not None and (args.mri_prior / "config.json").exists() and args.mri_data is not None:
-        batch = 2 if args.quick else 16
-        prior, posterior, shape = mri_setting(args.mri_prior, args.mri_data, batch)
-        x_m = torch.randn((batch,) + shape, generator=torch.Generator().manual_seed(0)) * float(prior.schedule.sigma(prior.schedule.t_max))
-        timing = overhead(prior, x_m, 20, 5 if args.quick else 9)
+    if not settings & {"mri", "mri-posterior"}:
+        pass
+    elif args.mri_prior is not None and (args.mri_prior / "config.json").exists() and args.mri_data is not None:
+        batch = 2 if args.quick else args.mri_batch
+        prior, posterior, shape = mri_setting(args.mri_prior, args.mri_data, batch, args.device)
+        x_m = torch.randn((batch,) + shape, generator=torch.Generator().manual_seed(0)).to(args.device) * float(prior.schedule.sigma(prior.schedule.t_max))
+        timing = overhead(prior, x_m, 20, 5 if args.quick else 9) if "mri" in settings else []
         if args.timing_only:
             rows = []
         mri_nfes = [] if args.timing_only else [n for n in nfes if n != 30]
-        run_setting("mri", prior, x_m, mri_nfes, ref_steps, None, rows, network=True)
-        run_setting("mri-posterior", posterior, x_m, mri_nfes, ref_steps, None, rows, network=True)
+        if "mri" in settings:
+            run_setting("mri", prior, x_m, mri_nfes, ref_steps, None, rows, network=True, calibration_rows=2 if args.quick else cal)
+        if "mri-posterior" in settings:  # the DDS observation carries the test batch: calibrate on as many draws
+            run_setting("mri-posterior", posterior, x_m, mri_nfes, ref_steps, None, rows, network=True)
     else:
         print("no MRI prior/data found: skipping the MRI settings (pass --mri-prior and --mri-data)")
 
     OUT.mkdir(parents=True, exist_ok=True)
-    for table, stem in ((rows, "solvers_convergence"), (timing, "solvers_overhead")):
+    for table, stem in ((rows, args.stem), (timing, "solvers_overhead")):
         if table:
             write_csv(OUT / f"{stem}.csv", table)
     if rows:
-        plot(rows, OUT / "solvers_convergence.png")
+        plot(rows, OUT / f"{args.stem}.png")
     summarise(rows, timing)
     print(f"\nwrote CSV and PNG under {OUT}")
 

@@ -35,6 +35,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "mrs": "diffinv.solvers.mrs:MRS",
         "dc_solver": "diffinv.solvers.dcsolver:DCSolver",
         "s3": "diffinv.solvers.s3:S3",
+        "fitted_lms": "diffinv.solvers.fitted:FittedMultistep",
     },
     "guidance": {
         "none": "diffinv.guidance.base:Unconditional",

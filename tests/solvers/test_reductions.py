@@ -148,6 +148,6 @@ def test_plan_with_wrong_length_is_a_config_error(smooth_gmm, x_start):
 
 def test_plugins_lists_every_solver_with_a_citation():
     text = describe_plugins()
-    for name in ("dpmpp_2s", "dpmpp_3m", "deis", "unipc", "timeshift", "hb", "ghvb", "dc_solver", "dualfast", "tstitch", "mrs", "s3"):
+    for name in ("dpmpp_2s", "dpmpp_3m", "deis", "unipc", "timeshift", "hb", "ghvb", "dc_solver", "dualfast", "tstitch", "mrs", "s3", "fitted_lms"):
         line = next(line for line in text.splitlines() if line.strip().startswith(name + " "))
         assert "[" in line and "]" in line, line
