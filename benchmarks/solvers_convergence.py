@@ -57,6 +57,9 @@ SOLVERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+CALIBRATED = ("dc_solver", "s3", "fitted_lms")
+
+
 def gmm_prior(schedule: VPSchedule, dim: int = 8) -> GaussianMixtureDenoiser:
     """25 modes on a 5x5 grid of spacing 0.5 tiled to ``dim`` dimensions, variance 0.02 (cf. MCGdiff §5)."""
     g = torch.linspace(-1.0, 1.0, 5, dtype=torch.float64)
@@ -83,7 +86,7 @@ def gmm_posterior(prior: GaussianMixtureDenoiser, a: Tensor, y: Tensor, noise_st
     return GaussianMixtureDenoiser(prior.schedule, w, torch.stack(means), torch.stack(covs))
 
 
-def mri_setting(prior_dir: Path, data: Path, batch: int, device: str) -> tuple[Denoiser, Denoiser, tuple[int, ...]]:
+def mri_setting(prior_dir: Path, data: Path, device: str) -> tuple[Denoiser, Denoiser, tuple[int, ...]]:
     """The trained prior and its DDS-guided posterior on the first demo slice at 4x acceleration, on ``device``."""
     from diffinv.diffusion.networks import load_denoiser
     from diffinv.guidance import make_guidance
@@ -96,8 +99,7 @@ def mri_setting(prior_dir: Path, data: Path, batch: int, device: str) -> tuple[D
     mask = sampling_mask("random", width, 4, 0.08, seed=0).to(device)
     sens = case.sensitivities[None].to(device) if case.sensitivities is not None else None
     op = MRIOperator(mask, sens)
-    y = op.mask * (case.kspace[None] if sens is not None else case.kspace).to(device)
-    y = y.expand((batch,) + tuple(y.shape[1:]))
+    y = op.mask * (case.kspace[None] if sens is not None else case.kspace).to(device)  # batch axis 1: broadcasts over any batch
     posterior = make_guidance("dds", op, y, cg_steps=5)(prior)
     return prior, posterior, (2,) + tuple(case.kspace.shape[-2:])
 
@@ -119,13 +121,13 @@ def timed(fn: Callable[[], Tensor]) -> tuple[Tensor, float]:
 
 def run_setting(
     label: str, D: Denoiser, x_t: Tensor, nfes: list[int], ref_steps: int, small: Denoiser | None, rows: list[dict[str, Any]], network: bool = False,
-    calibration_rows: int | None = None,
+    calibration_size: int | None = None,
 ) -> None:
     """Errors and time per step of every solver at every NFE for one prior.
 
-    Calibrated solvers (DC-Solver, S³, fitted) draw their own calibration batch of up to
-    ``calibration_rows`` draws (default: the test batch's size; a guided denoiser whose
-    observation carries the test batch needs that), independent of the test draws.
+    Calibrated solvers (DC-Solver, S³, fitted) draw their own calibration batch (seeded,
+    independent of the test draws): ``calibration_size`` draws when given, else their
+    options' (S³ and DC-Solver 64, fitted 128 here).
 
     With a network prior the S³ search (tens of sampling runs) and the fitted solver's
     calibration (a 500-step teacher on 32 draws) are done up to 20 NFE only, and S³ with 5
@@ -144,13 +146,14 @@ def run_setting(
                 options = {**options, "small": small}
             if network and registry == "s3":
                 options = {**options, "blocks": 5}
+            if calibration_size is not None and registry in CALIBRATED:
+                options = {**options, "calibration_size": calibration_size}
             for nfe in nfes:
                 if network and registry in ("s3", "fitted_lms") and nfe > 20:
                     continue
                 solver = make_solver(registry, sch, **options)
                 steps = max(1, nfe // solver.nfe_per_step)
-                like = x_t if calibration_rows is None else x_t.new_zeros((calibration_rows,) + tuple(x_t.shape[1:]))
-                g, t_prep = timed(lambda: solver.prepare(D, sch.grid(steps, "logsnr"), like))
+                g, t_prep = timed(lambda: solver.prepare(D, sch.grid(steps, "logsnr"), x_t))
                 out, t_run = timed(lambda: integrate(solver, D, x_t, g))
                 err = float((out - ref).pow(2).mean().sqrt())
                 rows.append(dict(setting=label, device=str(x_t.device), solver=name, nfe=steps * solver.nfe_per_step, steps=steps, rmse=err,
@@ -166,7 +169,7 @@ def overhead(D: Denoiser, x_t: Tensor, steps: int, repeats: int, solvers: dict[s
     bare calls of ``D`` are timed alternately ``repeats`` times and the medians compared, so
     load from other processes hits both alike (single timings on a shared CPU swung 0.6-9x).
     Calibration and searches in ``prepare`` are excluded: they are one-offs, cached per
-    configuration (their time is reported as ``prepare_s``). T-Stitch runs with ``D`` as
+    configuration (their time is reported as ``prepare_s``; 8 calibration draws here). T-Stitch runs with ``D`` as
     both models here, so its figure is the switch's overhead, not the small model's saving.
     ``solvers`` (default :data:`SOLVERS`) maps names to (registry name, options); ``D`` and
     ``x_t`` may live on any device (timings synchronise CUDA).
@@ -175,7 +178,8 @@ def overhead(D: Denoiser, x_t: Tensor, steps: int, repeats: int, solvers: dict[s
     out = []
     with torch.no_grad():
         for name, (registry, options) in (SOLVERS if solvers is None else solvers).items():
-            solver = make_solver(registry, sch, **({**options, "small": D} if registry == "tstitch" else options))
+            options = {**options, "small": D} if registry == "tstitch" else options
+            solver = make_solver(registry, sch, **({**options, "calibration_size": 8} if registry in CALIBRATED else options))
             n = max(1, steps // solver.nfe_per_step)
             grid, t_prep = timed(lambda: solver.prepare(D, sch.grid(n, "logsnr"), x_t))
             calls = n * solver.nfe_per_step
@@ -209,10 +213,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     settings = list(dict.fromkeys(r["setting"] for r in rows))
     fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 4), squeeze=False)
     for ax, label in zip(axes[0], settings):
-        for name in SOLVERS:
+        for k, name in enumerate(SOLVERS):
             pts = sorted((r["nfe"], r["rmse"]) for r in rows if r["setting"] == label and r["solver"] == name)
             if pts:
-                ax.loglog(*zip(*pts), marker="o", ms=3, label=name, lw=2.2 if name == "ddim" else 1.2)
+                ax.loglog(*zip(*pts), marker="o", ms=3, label=name, lw=2.2 if name in ("ddim", "fitted_lms") else 1.2, color=plt.cm.tab20(k % 20))
         ax.set_title(label)
         ax.set_xlabel("NFE")
         ax.grid(True, which="both", alpha=0.3)
@@ -229,8 +233,8 @@ def main() -> None:
     ap.add_argument("--mri-data", type=Path, default=next((p for p in DATA if p.exists()), None))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="device of the MRI settings (the GMM settings run on the CPU in float64)")
-    ap.add_argument("--mri-batch", type=int, default=32, help="MRI test draws per setting (also the calibration batch of the guided posterior)")
-    ap.add_argument("--calibration-batch", type=int, default=128, help="most calibration draws of calibrated solvers where the denoiser allows any batch")
+    ap.add_argument("--mri-batch", type=int, default=32, help="MRI test draws per setting")
+    ap.add_argument("--posterior-calibration", type=int, default=32, help="calibration draws of calibrated solvers on the MRI posterior (each costs CG steps)")
     ap.add_argument("--settings", default="gmm,gmm-posterior,mri,mri-posterior", help="comma-separated settings to run")
     ap.add_argument("--stem", default="solvers_convergence", help="output file stem")
     ap.add_argument("--timing-only", action="store_true", help="only the per-step overhead on the MRI prior")
@@ -254,29 +258,28 @@ def main() -> None:
     if args.timing_only:
         nfes = []
     settings = set(args.settings.split(","))
-    cal = args.calibration_batch
     if "gmm" in settings:
-        run_setting("gmm", gmm, x_t, nfes, ref_steps, small, rows, calibration_rows=cal)
+        run_setting("gmm", gmm, x_t, nfes, ref_steps, small, rows)
     a = torch.randn(2, gmm.dim, generator=torch.Generator().manual_seed(2), dtype=torch.float64) / math.sqrt(gmm.dim)
     y = a @ gmm.sample(1, torch.Generator().manual_seed(3))[0] + 0.05 * torch.randn(2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     post = gmm_posterior(gmm, a, y, 0.05)
     if "gmm-posterior" in settings:
-        run_setting("gmm-posterior", post, x_t, nfes, ref_steps, gmm_posterior(small, a, y, 0.05), rows, calibration_rows=cal)
+        run_setting("gmm-posterior", post, x_t, nfes, ref_steps, gmm_posterior(small, a, y, 0.05), rows)
 
     if not settings & {"mri", "mri-posterior"}:
         pass
     elif args.mri_prior is not None and (args.mri_prior / "config.json").exists() and args.mri_data is not None:
         batch = 2 if args.quick else args.mri_batch
-        prior, posterior, shape = mri_setting(args.mri_prior, args.mri_data, batch, args.device)
+        prior, posterior, shape = mri_setting(args.mri_prior, args.mri_data, args.device)
         x_m = torch.randn((batch,) + shape, generator=torch.Generator().manual_seed(0)).to(args.device) * float(prior.schedule.sigma(prior.schedule.t_max))
         timing = overhead(prior, x_m, 20, 5 if args.quick else 9) if "mri" in settings else []
         if args.timing_only:
             rows = []
         mri_nfes = [] if args.timing_only else [n for n in nfes if n != 30]
         if "mri" in settings:
-            run_setting("mri", prior, x_m, mri_nfes, ref_steps, None, rows, network=True, calibration_rows=2 if args.quick else cal)
-        if "mri-posterior" in settings:  # the DDS observation carries the test batch: calibrate on as many draws
-            run_setting("mri-posterior", posterior, x_m, mri_nfes, ref_steps, None, rows, network=True)
+            run_setting("mri", prior, x_m, mri_nfes, ref_steps, None, rows, network=True, calibration_size=2 if args.quick else None)
+        if "mri-posterior" in settings:
+            run_setting("mri-posterior", posterior, x_m, mri_nfes, ref_steps, None, rows, network=True, calibration_size=2 if args.quick else args.posterior_calibration)
     else:
         print("no MRI prior/data found: skipping the MRI settings (pass --mri-prior and --mri-data)")
 

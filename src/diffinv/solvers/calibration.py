@@ -19,11 +19,14 @@ from diffinv.solvers.unipc import UniPC
 
 
 def calibration_start(schedule: VPSchedule, like: Tensor, t_start: float, seed: int, size: int) -> Tensor:
-    """Seeded starting points: min(``size``, batch) particles with the event shape, dtype and
-    device of ``like``. A guided denoiser whose observation carries the particle axis needs
-    the whole batch: keep ``size`` at least the batch size there."""
+    """Seeded starting points: ``size`` particles with the event shape, dtype and device of ``like``.
+
+    The calibration batch does not depend on the batch being sampled, so neither do fitted
+    parameters. A guided denoiser must therefore accept any batch: give guidance its
+    observation with a batch axis of 1 (it broadcasts), as the MRI stage does.
+    """
     g = torch.Generator().manual_seed(int(seed))
-    noise = torch.randn((min(int(size), like.shape[0]),) + tuple(like.shape[1:]), generator=g, dtype=torch.float64)
+    noise = torch.randn((int(size),) + tuple(like.shape[1:]), generator=g, dtype=torch.float64)
     return (noise * float(schedule.sigma(t_start))).to(dtype=like.dtype, device=like.device)
 
 

@@ -94,7 +94,7 @@ class DCSolver(UniPC):
             return grid
         key = config_key(
             solver="dc_solver", grid=[round(float(t), 10) for t in grid], shape=list(x.shape[1:]), order=self.order,
-            variant=self.variant, substeps=self.reference_substeps, seed=self.calibration_seed, size=min(self.calibration_size, x.shape[0]), tag=self.tag,
+            variant=self.variant, substeps=self.reference_substeps, seed=self.calibration_seed, size=self.calibration_size, tag=self.tag,
         )
         cached = self.cache.get(key)
         self.ratios = cached["ratios"] if cached is not None else self.fit(D, grid, x)

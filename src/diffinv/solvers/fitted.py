@@ -57,10 +57,10 @@ class FittedMultistep(Solver):
        each pass) and keeping moves that lower the loss.
 
     Costs the teacher run plus steps × (warps + 2 × steps × sweeps) batched NFE at most;
-    the teacher's lattice states ((lattice + 1) × the batch) are held in memory. As for
-    DC-Solver and S³ the calibration batch has min(``calibration_size``, batch) draws: keep
-    the batch at least ``calibration_size`` for fits that do not depend on it. The fit is
-    cached in ``cache`` (JSON), or given as ``fit``
+    the teacher's lattice states ((lattice + 1) × ``calibration_size`` draws) are held in
+    memory. As for DC-Solver and S³ the calibration draws do not depend on the batch being
+    sampled (a guided denoiser must broadcast its observation). The fit is cached in
+    ``cache`` (JSON), or given as ``fit``
     (``{"coefficients": [[a, c_0, ...] per step], "times": [...] or null}``).
     """
 
@@ -137,7 +137,7 @@ class FittedMultistep(Solver):
             return self._use(self.fixed, grid)
         key = config_key(
             solver="fitted_lms", grid=[round(float(t), 10) for t in grid], shape=list(x.shape[1:]), history=self.depth, warps=self.warps,
-            reference_steps=self.reference_steps, lattice=self.lattice, sweeps=self.sweeps, seed=self.calibration_seed, size=min(self.calibration_size, x.shape[0]), tag=self.tag,
+            reference_steps=self.reference_steps, lattice=self.lattice, sweeps=self.sweeps, seed=self.calibration_seed, size=self.calibration_size, tag=self.tag,
         )
         found = self.cache.get(key)
         if found is None:

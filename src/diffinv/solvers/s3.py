@@ -92,7 +92,7 @@ class S3(UniPC):
             return self._use(self.fixed_plan, grid)
         key = config_key(
             solver="s3", grid=[round(float(t), 10) for t in grid], shape=list(x.shape[1:]), blocks=self.blocks,
-            sweeps=self.sweeps, substeps=self.reference_substeps, seed=self.calibration_seed, size=min(self.calibration_size, x.shape[0]), tag=self.tag, variant=self.variant,
+            sweeps=self.sweeps, substeps=self.reference_substeps, seed=self.calibration_seed, size=self.calibration_size, tag=self.tag, variant=self.variant,
         )
         found = self.cache.get(key)
         if found is None:

@@ -173,7 +173,7 @@ def reconstruct_case(
         y = y1.expand((len(seeds),) + tuple(y1.shape[1:]))
         if search is None:
             noise = PerSampleNoise(seeds, device)
-            guidance = make_guidance(method["guidance"], op, y, **method.get("guidance_options", {}))
+            guidance = make_guidance(method["guidance"], op, y1, **method.get("guidance_options", {}))  # broadcasts: calibrated solvers use their own batch
             x_t = noise.randn(shape) * float(prior.schedule.sigma(grid[0]))
             tracker = HallucinationScore(len(grid) - 1, sampling["hallucination_steps"])
             with torch.no_grad():
