@@ -42,16 +42,28 @@ class TimeShift(WrappedSolver):
         self.window = float(window)
         self.cutoff = float(cutoff)
         self.taus = torch.linspace(schedule.t_min, schedule.t_max, int(resolution), dtype=torch.float64)
-        self.noise_var = schedule.sigma(self.taus) ** 2
+        self.tables: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
 
-    def shifted_time(self, x: Tensor, t: float) -> Tensor:
-        """Per-particle t_s for particles ``x`` at time ``t``."""
-        var = x.reshape(x.shape[0], -1).to(torch.float64).var(dim=1, unbiased=False).cpu()  # matched against the CPU table
+    def table(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(τ, σ_τ², α_τ, σ_τ) on the time grid, kept on ``device`` so a step needs no host sync."""
+        key = str(device)
+        if key not in self.tables:
+            sch = self.schedule
+            self.tables[key] = tuple(v.to(device) for v in (self.taus, sch.sigma(self.taus) ** 2, sch.alpha(self.taus), sch.sigma(self.taus)))  # type: ignore[assignment]
+        return self.tables[key]
+
+    def shifted_index(self, x: Tensor, t: float) -> Tensor:
+        """Per-particle index into the time grid of t_s, for particles ``x`` at time ``t`` (on their device)."""
+        _, noise_var, _, _ = self.table(x.device)
+        var = x.reshape(x.shape[0], -1).to(torch.float64).var(dim=1, unbiased=False)
         lo = int(torch.searchsorted(self.taus, torch.tensor(t - self.window, dtype=torch.float64)))
         hi = int(torch.searchsorted(self.taus, torch.tensor(t + self.window, dtype=torch.float64), right=True))
         lo, hi = min(lo, len(self.taus) - 1), max(hi, lo + 1)
-        cost = (var[:, None] - self.noise_var[None, lo:hi]) ** 2
-        return self.taus[lo + cost.argmin(dim=1)]
+        return lo + ((var[:, None] - noise_var[None, lo:hi]) ** 2).argmin(dim=1)
+
+    def shifted_time(self, x: Tensor, t: float) -> Tensor:
+        """Per-particle t_s for particles ``x`` at time ``t``."""
+        return self.table(x.device)[0][self.shifted_index(x, t)]
 
     def wrap(self, D: Denoiser, own: State, s: Tensor) -> tuple[Denoiser, State]:
         if float(s) <= self.cutoff:
@@ -62,10 +74,11 @@ class TimeShift(WrappedSolver):
             t0 = float(t.reshape(-1)[0])
             if t0 <= self.cutoff:
                 return D(x, t)
-            ts = self.shifted_time(x, t0)
+            taus, _, alphas, sigmas = self.table(x.device)
+            idx = self.shifted_index(x, t0)
             shape = (-1,) + (1,) * (x.ndim - 1)
-            a_ts, s_ts = (v.reshape(shape).to(device=x.device, dtype=x.dtype) for v in (sch.alpha(ts), sch.sigma(ts)))
-            eps = (x - a_ts * D(x, ts)) / s_ts
+            a_ts, s_ts = (v[idx].reshape(shape).to(x.dtype) for v in (alphas, sigmas))
+            eps = (x - a_ts * D(x, taus[idx])) / s_ts
             return (x - float(sch.sigma(t0)) * eps) / float(sch.alpha(t0))
 
         return FunctionDenoiser(sch, shifted), own
