@@ -133,6 +133,8 @@ def run_setting(
     calibration (a 500-step teacher on 32 draws) are done up to 20 NFE only, and S³ with 5
     blocks, to keep the CPU run time in minutes.
     """
+    if not nfes:  # --timing-only: no reference needed
+        return
     sch = D.schedule
     with torch.no_grad():
         ref = sample(make_solver("unipc", sch, order=3), D, x_t, sch.grid(ref_steps, "logsnr"))
@@ -266,9 +268,10 @@ def main() -> None:
     if "gmm-posterior" in settings:
         run_setting("gmm-posterior", post, x_t, nfes, ref_steps, gmm_posterior(small, a, y, 0.05), rows)
 
-    if not settings & {"mri", "mri-posterior"}:
-        pass
-    elif args.mri_prior is not None and (args.mri_prior / "config.json").exists() and args.mri_data is not None:
+    have_mri = args.mri_prior is not None and (args.mri_prior / "config.json").exists() and args.mri_data is not None
+    if settings & {"mri", "mri-posterior"} and not have_mri:
+        print("no MRI prior/data found: skipping the MRI settings (pass --mri-prior and --mri-data)")
+    elif settings & {"mri", "mri-posterior"}:
         batch = 2 if args.quick else args.mri_batch
         prior, posterior, shape = mri_setting(args.mri_prior, args.mri_data, args.device)
         x_m = torch.randn((batch,) + shape, generator=torch.Generator().manual_seed(0)).to(args.device) * float(prior.schedule.sigma(prior.schedule.t_max))
@@ -280,8 +283,6 @@ def main() -> None:
             run_setting("mri", prior, x_m, mri_nfes, ref_steps, None, rows, network=True, calibration_size=2 if args.quick else None)
         if "mri-posterior" in settings:
             run_setting("mri-posterior", posterior, x_m, mri_nfes, ref_steps, None, rows, network=True, calibration_size=2 if args.quick else args.posterior_calibration)
-    else:
-        print("no MRI prior/data found: skipping the MRI settings (pass --mri-prior and --mri-data)")
 
     OUT.mkdir(parents=True, exist_ok=True)
     for table, stem in ((rows, args.stem), (timing, "solvers_overhead")):

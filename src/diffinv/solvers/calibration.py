@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,15 @@ def reference_trajectory(D: Denoiser, x: Tensor, grid: Tensor, substeps: int) ->
     return points
 
 
+def planned_grid(times: list[float] | None, grid: Tensor, owner: str) -> Tensor:
+    """The grid a fitted plan integrates on: its ``times`` (as many as ``grid`` has), or ``grid`` when it keeps it."""
+    if times is None:
+        return grid
+    if len(times) != len(grid):
+        raise ConfigError(f"{owner}: 'times' needs {len(grid)} entries")
+    return torch.as_tensor(times, dtype=torch.float64)
+
+
 def config_key(**fields: Any) -> str:
     """A stable key of a calibration configuration (SHA-1 of its sorted JSON)."""
     return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -76,6 +86,16 @@ class CalibrationCache:
         if key in self.memory:
             return self.memory[key]
         return self._load().get(key)
+
+    def get_or_fit(self, fit: Callable[[], Any], solver: str, grid: Tensor, like: Tensor, **fields: Any) -> Any:
+        """The entry of this configuration (solver name, grid, particle shape of ``like`` and
+        ``fields``), made by ``fit()`` and stored when missing."""
+        key = config_key(solver=solver, grid=[round(float(t), 10) for t in grid], shape=list(like.shape[1:]), **fields)
+        found = self.get(key)
+        if found is None:
+            found = fit()
+            self.put(key, found)
+        return found
 
     def put(self, key: str, value: Any) -> None:
         """Store ``value`` under ``key`` (the file is rewritten atomically)."""

@@ -10,7 +10,7 @@ from diffinv.diffusion.denoisers import Denoiser
 from diffinv.diffusion.schedule import VPSchedule
 from diffinv.errors import ConfigError
 from diffinv.solvers.base import FunctionDenoiser, State, history, integrate
-from diffinv.solvers.calibration import CalibrationCache, calibration_start, config_key, reference_trajectory
+from diffinv.solvers.calibration import CalibrationCache, calibration_start, reference_trajectory
 from diffinv.solvers.unipc import UniPC
 
 
@@ -92,14 +92,11 @@ class DCSolver(UniPC):
                 raise ConfigError(f"dc_solver ratios: need one per step ({steps}), got {len(self.fixed)}")
             self.ratios = self.fixed
             return grid
-        key = config_key(
-            solver="dc_solver", grid=[round(float(t), 10) for t in grid], shape=list(x.shape[1:]), order=self.order,
+        entry = self.cache.get_or_fit(
+            lambda: {"ratios": self.fit(D, grid, x), "steps": steps, "tag": self.tag}, "dc_solver", grid, x, order=self.order,
             variant=self.variant, substeps=self.reference_substeps, seed=self.calibration_seed, size=self.calibration_size, tag=self.tag,
         )
-        cached = self.cache.get(key)
-        self.ratios = cached["ratios"] if cached is not None else self.fit(D, grid, x)
-        if cached is None:
-            self.cache.put(key, {"ratios": self.ratios, "steps": steps, "tag": self.tag})
+        self.ratios = entry["ratios"]
         return grid
 
     @torch.no_grad()

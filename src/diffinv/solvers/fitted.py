@@ -12,7 +12,7 @@ from diffinv.diffusion.denoisers import Denoiser
 from diffinv.diffusion.schedule import VPSchedule
 from diffinv.errors import ConfigError
 from diffinv.solvers.base import FunctionDenoiser, PerSampleNoise, Solver, State, denoise, history, push_history, sample
-from diffinv.solvers.calibration import CalibrationCache, calibration_start, config_key
+from diffinv.solvers.calibration import CalibrationCache, calibration_start, planned_grid
 from diffinv.solvers.unipc import UniPC
 
 # global warps u ↦ u^γ of the grid's λ-positions tried by default (γ = 1 keeps the grid); on
@@ -125,24 +125,15 @@ class FittedMultistep(Solver):
             if len(c) != 1 + min(i + 1, self.depth):
                 raise ConfigError(f"fitted_lms fit: step {i} needs {1 + min(i + 1, self.depth)} coefficients (history {self.depth}), got {len(c)}")
         self.fitted = [[float(v) for v in c] for c in coefs]
-        times = fit.get("times")
-        if times is None:
-            return grid
-        if len(times) != len(grid):
-            raise ConfigError(f"fitted_lms fit: 'times' needs {len(grid)} entries")
-        return torch.as_tensor(times, dtype=torch.float64)
+        return planned_grid(fit.get("times"), grid, "fitted_lms fit")
 
     def prepare(self, D: Denoiser, grid: Tensor, x: Tensor) -> Tensor:
         if self.fixed is not None:
             return self._use(self.fixed, grid)
-        key = config_key(
-            solver="fitted_lms", grid=[round(float(t), 10) for t in grid], shape=list(x.shape[1:]), history=self.depth, warps=self.warps,
-            reference_steps=self.reference_steps, lattice=self.lattice, sweeps=self.sweeps, seed=self.calibration_seed, size=self.calibration_size, tag=self.tag,
+        found = self.cache.get_or_fit(
+            lambda: self.calibrate(D, grid, x), "fitted_lms", grid, x, history=self.depth, warps=self.warps, reference_steps=self.reference_steps,
+            lattice=self.lattice, sweeps=self.sweeps, seed=self.calibration_seed, size=self.calibration_size, tag=self.tag,
         )
-        found = self.cache.get(key)
-        if found is None:
-            found = self.calibrate(D, grid, x)
-            self.cache.put(key, found)
         return self._use(found, grid)
 
     @staticmethod

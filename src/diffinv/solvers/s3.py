@@ -12,7 +12,7 @@ from diffinv.diffusion.denoisers import Denoiser
 from diffinv.diffusion.schedule import VPSchedule
 from diffinv.errors import ConfigError
 from diffinv.solvers.base import integrate
-from diffinv.solvers.calibration import CalibrationCache, calibration_start, config_key, reference_trajectory
+from diffinv.solvers.calibration import CalibrationCache, calibration_start, planned_grid, reference_trajectory
 from diffinv.solvers.unipc import UniPC
 
 CHOICES = ((2, True), (1, True), (3, True), (2, False), (3, False))  # (predictor order, corrector)
@@ -80,24 +80,15 @@ class S3(UniPC):
             raise ConfigError(f"s3 plan: orders must be 1, 2 or 3, got {plan['orders']}")
         self.orders = [int(o) for o in plan["orders"]]
         self.correctors = [bool(c) for c in plan["correctors"]]
-        times = plan.get("times")
-        if times is None:
-            return grid
-        if len(times) != len(grid):
-            raise ConfigError(f"s3 plan: 'times' needs {len(grid)} entries")
-        return torch.as_tensor(times, dtype=torch.float64)
+        return planned_grid(plan.get("times"), grid, "s3 plan")
 
     def prepare(self, D: Denoiser, grid: Tensor, x: Tensor) -> Tensor:
         if self.fixed_plan is not None:
             return self._use(self.fixed_plan, grid)
-        key = config_key(
-            solver="s3", grid=[round(float(t), 10) for t in grid], shape=list(x.shape[1:]), blocks=self.blocks,
-            sweeps=self.sweeps, substeps=self.reference_substeps, seed=self.calibration_seed, size=self.calibration_size, tag=self.tag, variant=self.variant,
+        found = self.cache.get_or_fit(
+            lambda: self.search(D, grid, x), "s3", grid, x, blocks=self.blocks, sweeps=self.sweeps, substeps=self.reference_substeps,
+            seed=self.calibration_seed, size=self.calibration_size, tag=self.tag, variant=self.variant,
         )
-        found = self.cache.get(key)
-        if found is None:
-            found = self.search(D, grid, x)
-            self.cache.put(key, found)
         return self._use(found, grid)
 
     def _times(self, grid: Tensor, knots: np.ndarray) -> Tensor:
