@@ -24,11 +24,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from _common import write_csv
 
 from diffinv.config import load_config
 from diffinv.diffusion.networks import load_denoiser
 from diffinv.tasks.ads import ads_inputs, ads_metrics, run_ads
-from _common import write_csv
 
 OUT = Path(__file__).parent / "out"
 
@@ -40,17 +40,37 @@ def bench(cfg: dict[str, Any], args: argparse.Namespace, device: str) -> list[di
     rows = []
     for acc in args.accelerations:
         start = time.perf_counter()
-        ds = run_ads(cases, train, prior, acc, method, sampling, cfg["ads"], cfg["mri"]["data"]["center_fraction"], cfg["seed"], device, {})
+        ds = run_ads(
+            cases,
+            train,
+            prior,
+            acc,
+            method,
+            sampling,
+            cfg["ads"],
+            cfg["mri"]["data"]["center_fraction"],
+            cfg["seed"],
+            device,
+            {},
+        )
         total = time.perf_counter() - start
         metrics = ads_metrics(ds)
         for s, strategy in enumerate(ds["strategy"].values):
             per = [r for r in metrics if r["strategy"] == strategy]
-            rows.append({
-                "device": device, "acceleration": acc, "lines": int(ds.attrs["lines"]), "strategy": str(strategy), "cases": len(cases),
-                **{k: float(np.mean([r[k] for r in per])) for k in ("psnr", "ssim", "nmse")},
-                "time_per_slice_s": float(ds["wall_time_s"].values[s].mean()), "nfe_per_slice": float(ds["nfe"].values[s].mean()),
-                "greedy_search_s": float(ds.attrs["greedy_search_s"]), "stage_total_s": total,
-            })
+            rows.append(
+                {
+                    "device": device,
+                    "acceleration": acc,
+                    "lines": int(ds.attrs["lines"]),
+                    "strategy": str(strategy),
+                    "cases": len(cases),
+                    **{k: float(np.mean([r[k] for r in per])) for k in ("psnr", "ssim", "nmse")},
+                    "time_per_slice_s": float(ds["wall_time_s"].values[s].mean()),
+                    "nfe_per_slice": float(ds["nfe"].values[s].mean()),
+                    "greedy_search_s": float(ds.attrs["greedy_search_s"]),
+                    "stage_total_s": total,
+                }
+            )
     return rows
 
 
@@ -60,7 +80,9 @@ def main() -> None:
     ap.add_argument("--prior", type=Path, default=Path("results/mri/demo/prior"))
     ap.add_argument("--data", type=Path, default=Path("results/mri/demo/data/eval.zarr"))
     ap.add_argument("--train", type=Path, default=Path("results/mri/demo/data/train.zarr"))
-    ap.add_argument("--accelerations", type=int, nargs="+", default=None, help="default: the config's ads.accelerations")
+    ap.add_argument(
+        "--accelerations", type=int, nargs="+", default=None, help="default: the config's ads.accelerations"
+    )
     ap.add_argument("--cases", type=int, default=None, help="default: the config's ads.cases")
     ap.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when available")
     ap.add_argument("--threads", type=int, default=1)
@@ -71,21 +93,31 @@ def main() -> None:
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     rows = [r for d in devices for r in bench(cfg, args, d)]
 
-    print(f"\n{'device':<6} {'acc':>3} {'strategy':<17} {'PSNR':>6} {'SSIM':>6} {'NMSE':>7} {'s/slice':>8} {'NFE/slice':>9}")
+    print(
+        f"\n{'device':<6} {'acc':>3} {'strategy':<17} {'PSNR':>6} {'SSIM':>6} {'NMSE':>7} {'s/slice':>8} {'NFE/slice':>9}"
+    )
     for r in rows:
-        print(f"{r['device']:<6} {r['acceleration']:>3} {r['strategy']:<17} {r['psnr']:6.2f} {r['ssim']:6.4f} {r['nmse']:7.4f} {r['time_per_slice_s']:8.2f} {r['nfe_per_slice']:9.0f}")
-    for (device, acc) in dict.fromkeys((r["device"], r["acceleration"]) for r in rows):
+        print(
+            f"{r['device']:<6} {r['acceleration']:>3} {r['strategy']:<17} {r['psnr']:6.2f} {r['ssim']:6.4f} {r['nmse']:7.4f} {r['time_per_slice_s']:8.2f} {r['nfe_per_slice']:9.0f}"
+        )
+    for device, acc in dict.fromkeys((r["device"], r["acceleration"]) for r in rows):
         group = [r for r in rows if r["device"] == device and r["acceleration"] == acc]
         ads = next(r for r in group if r["strategy"] == "ads")
         best = max((r for r in group if r["strategy"] != "ads"), key=lambda r: r["ssim"])
-        print(f"{device} {acc}x: ADS SSIM {ads['ssim']:.4f} vs best fixed ({best['strategy']}) {best['ssim']:.4f}: gain {ads['ssim'] - best['ssim']:+.4f}")
+        print(
+            f"{device} {acc}x: ADS SSIM {ads['ssim']:.4f} vs best fixed ({best['strategy']}) {best['ssim']:.4f}: gain {ads['ssim'] - best['ssim']:+.4f}"
+        )
 
     write_csv(OUT / "ads_benchmark.csv", rows)
     groups = list(dict.fromkeys((r["device"], r["acceleration"]) for r in rows))
     fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.4), squeeze=False)
     for ax, (device, acc) in zip(axes[0], groups):
         group = [r for r in rows if r["device"] == device and r["acceleration"] == acc]
-        ax.bar([r["strategy"] for r in group], [r["ssim"] for r in group], color=["C3" if r["strategy"] == "ads" else "C0" for r in group])
+        ax.bar(
+            [r["strategy"] for r in group],
+            [r["ssim"] for r in group],
+            color=["C3" if r["strategy"] == "ads" else "C0" for r in group],
+        )
         ax.set_ylim(min(r["ssim"] for r in group) - 0.05, max(r["ssim"] for r in group) + 0.02)
         ax.set_title(f"{acc}x ({device})")
         ax.tick_params(axis="x", rotation=45)

@@ -61,8 +61,18 @@ OWN_SOLVER = {"ddrm": "ddrm", "diffpir": "diffpir"}
 # with their defaults these two diverge on the demo prior at 10 steps (PSNR -18 dB and 0 dB, measured), where
 # device round-off is amplified without bound; stable settings (20.5 and 15.0 dB) make the comparison meaningful
 STABLE_GUIDANCE_OPTIONS = {"gaussian_score": {"gamma": 1.0}, "pigdm": {"alpha_power": 1.0}}
-SMALL_SEARCH_OPTIONS = {"smc": {"particles": 2}, "mcgdiff": {"particles": 2}, "svdd": {"candidates": 2}, "dts": {"rollouts": 2},
-                        "dts_star": {"rollouts": 2}, "best_of_n": {"n": 2}, "zero_order": {"n": 2}, "path_search": {"n": 2}, "rbf": {"budget": 16}, "minority": {}}
+SMALL_SEARCH_OPTIONS = {
+    "smc": {"particles": 2},
+    "mcgdiff": {"particles": 2},
+    "svdd": {"candidates": 2},
+    "dts": {"rollouts": 2},
+    "dts_star": {"rollouts": 2},
+    "best_of_n": {"n": 2},
+    "zero_order": {"n": 2},
+    "path_search": {"n": 2},
+    "rbf": {"budget": 16},
+    "minority": {},
+}
 
 
 @dataclass
@@ -109,7 +119,9 @@ class Context:
         """Whether parts 1-2 also run the device under PyTorch's default TF32 settings (CUDA, compared)."""
         return self.compare and torch.device(self.device).type == "cuda"
 
-    def runs(self, what: str, fn: Callable[..., Any], plan: Callable[[Any], dict[str, Any]] | None = None) -> tuple[Any, Any, Any, str]:
+    def runs(
+        self, what: str, fn: Callable[..., Any], plan: Callable[[Any], dict[str, Any]] | None = None
+    ) -> tuple[Any, Any, Any, str]:
         """(device, cpu reference, device with TF32, note), each run guarded.
 
         The device run is in strict float32 (no TF32), as is the CPU. ``fn(device, **extra)``;
@@ -125,9 +137,19 @@ class Context:
             same = close(plan(main), extra)
             note = f"own calibration ({'same' if same else 'different'} plan): rel diff {rel_rmse(main['x'], ref['x']):.2e}; compared with the CPU's calibration"
             with strict_fp32():
-                again = guarded(self, f"{what} on {self.device} with the CPU's calibration", lambda: fn(self.device, **extra))
-            main = {**again, "prepare_s": main.get("prepare_s", math.nan)} if again else main  # keep the own calibration's time
-        alt = guarded(self, f"{what} on {self.device} with TF32", lambda: fn(self.device, **extra)) if self.tf32 and ref else None
+                again = guarded(
+                    self,
+                    f"{what} on {self.device} with the CPU's calibration",
+                    lambda: fn(self.device, **extra),
+                )
+            main = (
+                {**again, "prepare_s": main.get("prepare_s", math.nan)} if again else main
+            )  # keep the own calibration's time
+        alt = (
+            guarded(self, f"{what} on {self.device} with TF32", lambda: fn(self.device, **extra))
+            if self.tf32 and ref
+            else None
+        )
         return main, ref, alt, note
 
     def fail(self, what: str, message: str) -> None:
@@ -167,9 +189,15 @@ def close(a: Any, b: Any, rel: float = 1e-6) -> bool:
 
 def error_text(exc: BaseException) -> str:
     """The exception and where it was raised (the last three frames inside diffinv or this script, innermost first)."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "diffinv" in f.filename or "benchmarks" in f.filename]
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if "diffinv" in f.filename or "benchmarks" in f.filename
+    ]
     where = " < ".join(f"{Path(f.filename).name}:{f.lineno}" for f in frames[::-1][:3])
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}" + (f" at {where}" if where else "")
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}" + (
+        f" at {where}" if where else ""
+    )
 
 
 def guarded(ctx: Context, what: str, fn: Callable[[], Any]) -> Any:
@@ -201,7 +229,9 @@ def image_shape(ctx: Context) -> tuple[int, int, int]:
 
 
 def rel_rmse(a: Tensor, ref: Tensor) -> float:
-    return float((a.double() - ref.double()).pow(2).mean().sqrt() / ref.double().pow(2).mean().sqrt().clamp_min(1e-30))
+    return float(
+        (a.double() - ref.double()).pow(2).mean().sqrt() / ref.double().pow(2).mean().sqrt().clamp_min(1e-30)
+    )
 
 
 # -- part 1 ---------------------------------------------------------------------------
@@ -210,8 +240,14 @@ def solver_options(ctx: Context, name: str, D: NetworkDenoiser | None) -> dict[s
     in ``prepare`` (S3, DC-Solver, any other taking these options) get a small, fast calibration."""
     if name == "tstitch":
         return {"fraction": 0.4, "small": D}
-    small = {"calibration_size": ctx.sizes.calibration_size, "reference_substeps": 2, "reference_steps": 8 * ctx.sizes.steps,
-             "sweeps": 0, "blocks": 2, "warps": (1.0,)}
+    small = {
+        "calibration_size": ctx.sizes.calibration_size,
+        "reference_substeps": 2,
+        "reference_steps": 8 * ctx.sizes.steps,
+        "sweeps": 0,
+        "blocks": 2,
+        "warps": (1.0,),
+    }
     accepted = inspect.signature(load("solver", name)).parameters
     return {k: v for k, v in small.items() if k in accepted}
 
@@ -220,7 +256,9 @@ def fitted(name: str, solver: Any, grid: Tensor) -> dict[str, Any]:
     """The calibrated parameters of S3 / DC-Solver / fitted_lms as options that reuse them (empty for other solvers)."""
     times = [float(t) for t in grid]
     if name == "s3":
-        return {"plan": {"orders": list(solver.orders), "correctors": list(solver.correctors), "times": times}}
+        return {
+            "plan": {"orders": list(solver.orders), "correctors": list(solver.correctors), "times": times}
+        }
     if name == "dc_solver":
         return {"ratios": [float(r) for r in solver.ratios]}
     if name == "fitted_lms" and getattr(solver, "fitted", None) is not None:
@@ -228,7 +266,9 @@ def fitted(name: str, solver: Any, grid: Tensor) -> dict[str, Any]:
     return {}
 
 
-def run_solver(ctx: Context, name: str, device: str, x_T: Tensor, grid: Tensor, **extra: Any) -> dict[str, Any]:
+def run_solver(
+    ctx: Context, name: str, device: str, x_T: Tensor, grid: Tensor, **extra: Any
+) -> dict[str, Any]:
     """One unconditional sampling run of solver ``name`` on ``device``: samples (on the CPU), timings, fitted plan."""
     D = prior(ctx, device)
     solver = make_solver(name, D.schedule, **{**solver_options(ctx, name, D), **extra})
@@ -239,8 +279,14 @@ def run_solver(ctx: Context, name: str, device: str, x_T: Tensor, grid: Tensor, 
         out, t_run = timed(lambda: integrate(solver, D, x, g, noise))
     out = out.cpu()
     steps = len(g) - 1
-    return {"x": out, "finite": bool(torch.isfinite(out).all()), "ms_per_step": 1e3 * t_run / steps, "prepare_s": t_prep,
-            "nfe": steps * solver.nfe_per_step, "fitted": fitted(name, solver, g)}
+    return {
+        "x": out,
+        "finite": bool(torch.isfinite(out).all()),
+        "ms_per_step": 1e3 * t_run / steps,
+        "prepare_s": t_prep,
+        "nfe": steps * solver.nfe_per_step,
+        "fitted": fitted(name, solver, g),
+    }
 
 
 def check_solvers(ctx: Context) -> list[dict[str, Any]]:
@@ -248,16 +294,34 @@ def check_solvers(ctx: Context) -> list[dict[str, Any]]:
     sz, rows = ctx.sizes, []
     sch = prior(ctx, ctx.device).schedule
     grid = sch.grid(sz.steps, "logsnr")
-    x_T = torch.randn((sz.batch,) + image_shape(ctx), generator=torch.Generator().manual_seed(0)) * float(sch.sigma(grid[0]))
-    print(f"\n== part 1: {len(BUILTINS['solver'])} solvers, batch {sz.batch}, {sz.steps} logsnr steps on {ctx.device} (strict float32)"
-          f"{' and cpu' if ctx.compare else ''}{', and on the device with TF32' if ctx.tf32 else ''}", flush=True)
+    x_T = torch.randn((sz.batch,) + image_shape(ctx), generator=torch.Generator().manual_seed(0)) * float(
+        sch.sigma(grid[0])
+    )
+    print(
+        f"\n== part 1: {len(BUILTINS['solver'])} solvers, batch {sz.batch}, {sz.steps} logsnr steps on {ctx.device} (strict float32)"
+        f"{' and cpu' if ctx.compare else ''}{', and on the device with TF32' if ctx.tf32 else ''}",
+        flush=True,
+    )
     for name in sorted(BUILTINS["solver"]):
-        main, ref, alt, note = ctx.runs(f"solver {name}", lambda d, name=name, **extra: run_solver(ctx, name, d, x_T, grid, **extra), lambda r: r["fitted"])
-        row: dict[str, Any] = {"solver": name, "device": ctx.device, "nfe": main["nfe"] if main else None,
-                               "finite": main["finite"] if main else None, "ms_per_step": main["ms_per_step"] if main else math.nan,
-                               "prepare_s": main["prepare_s"] if main else math.nan, "cpu_finite": ref["finite"] if ref else None,
-                               "cpu_ms_per_step": ref["ms_per_step"] if ref else math.nan, "max_abs_diff": math.nan, "rel_rmse_diff": math.nan,
-                               "tf32_rel_rmse_diff": math.nan, "note": note}
+        main, ref, alt, note = ctx.runs(
+            f"solver {name}",
+            lambda d, name=name, **extra: run_solver(ctx, name, d, x_T, grid, **extra),
+            lambda r: r["fitted"],
+        )
+        row: dict[str, Any] = {
+            "solver": name,
+            "device": ctx.device,
+            "nfe": main["nfe"] if main else None,
+            "finite": main["finite"] if main else None,
+            "ms_per_step": main["ms_per_step"] if main else math.nan,
+            "prepare_s": main["prepare_s"] if main else math.nan,
+            "cpu_finite": ref["finite"] if ref else None,
+            "cpu_ms_per_step": ref["ms_per_step"] if ref else math.nan,
+            "max_abs_diff": math.nan,
+            "rel_rmse_diff": math.nan,
+            "tf32_rel_rmse_diff": math.nan,
+            "note": note,
+        }
         status = "ok" if main and main["finite"] else "FAIL"
         if main and not main["finite"]:
             ctx.fail(f"solver {name} on {ctx.device}", "non-finite samples")
@@ -266,17 +330,30 @@ def check_solvers(ctx: Context) -> list[dict[str, Any]]:
             row["rel_rmse_diff"] = rel_rmse(main["x"], ref["x"])
             if not row["rel_rmse_diff"] <= REL_TOL:
                 status = "FAIL"
-                ctx.fail(f"solver {name}", f"{ctx.device} vs cpu relative RMSE difference {row['rel_rmse_diff']:.3e} > {REL_TOL:g}")
+                ctx.fail(
+                    f"solver {name}",
+                    f"{ctx.device} vs cpu relative RMSE difference {row['rel_rmse_diff']:.3e} > {REL_TOL:g}",
+                )
         if alt and ref:
             row["tf32_rel_rmse_diff"] = rel_rmse(alt["x"], ref["x"])
             if not row["tf32_rel_rmse_diff"] <= REL_TOL:
-                ctx.warn(f"solver {name}", f"with TF32 (PyTorch's default for convolutions) {ctx.device} vs cpu relative RMSE difference {row['tf32_rel_rmse_diff']:.3e} > {REL_TOL:g}")
+                ctx.warn(
+                    f"solver {name}",
+                    f"with TF32 (PyTorch's default for convolutions) {ctx.device} vs cpu relative RMSE difference {row['tf32_rel_rmse_diff']:.3e} > {REL_TOL:g}",
+                )
         row["status"] = status
         rows.append(row)
-        cmp = f"  cpu {row['cpu_ms_per_step']:7.2f} ms/step  max|Δ| {row['max_abs_diff']:.2e}  rel {row['rel_rmse_diff']:.2e}" if ctx.compare else ""
+        cmp = (
+            f"  cpu {row['cpu_ms_per_step']:7.2f} ms/step  max|Δ| {row['max_abs_diff']:.2e}  rel {row['rel_rmse_diff']:.2e}"
+            if ctx.compare
+            else ""
+        )
         cmp += f"  tf32 rel {row['tf32_rel_rmse_diff']:.2e}" if ctx.tf32 else ""
-        print(f"  {name:<10} nfe {row['nfe']!s:>3}  finite {row['finite']!s:<5} {row['ms_per_step']:7.2f} ms/step  prepare {row['prepare_s']:6.2f} s{cmp}  {status}"
-              + (f"  [{note}]" if note else ""), flush=True)
+        print(
+            f"  {name:<10} nfe {row['nfe']!s:>3}  finite {row['finite']!s:<5} {row['ms_per_step']:7.2f} ms/step  prepare {row['prepare_s']:6.2f} s{cmp}  {status}"
+            + (f"  [{note}]" if note else ""),
+            flush=True,
+        )
     return rows
 
 
@@ -300,32 +377,74 @@ def check_guidance(ctx: Context) -> list[dict[str, Any]]:
     sz, rows = ctx.sizes, []
     case, center, mask_kind, gopts = demo_case(ctx)
     truth = channels_to_complex(case.truth).numpy()
-    sampling = {"mask": {"kind": mask_kind}, "steps": sz.steps, "grid": "logsnr", "samples": sz.samples, "batch_size": sz.samples,
-                "hallucination_steps": 2, "final_dc": False, "no_prior_iterations": 3}
-    methods = [{"solver": OWN_SOLVER.get(g, "ddim"), "guidance": g, "guidance_options": {**STABLE_GUIDANCE_OPTIONS.get(g, {}), **gopts.get(g, {})}}
-               for g in sorted(BUILTINS["guidance"])]
-    methods += [{"solver": "ddpm", "guidance": "none" if s == "mcgdiff" else "dds", "guidance_options": {} if s == "mcgdiff" else gopts.get("dds", {}),
-                 "search": s, "search_options": SMALL_SEARCH_OPTIONS.get(s, {})} for s in sorted(BUILTINS["search"])]
-    print(f"\n== part 2: {len(methods)} methods on {case.label}, 4x {mask_kind}, {sz.samples} samples, {sz.steps} steps on {ctx.device} (strict float32)"
-          f"{' and cpu' if ctx.compare else ''}{', and on the device with TF32' if ctx.tf32 else ''}", flush=True)
+    sampling = {
+        "mask": {"kind": mask_kind},
+        "steps": sz.steps,
+        "grid": "logsnr",
+        "samples": sz.samples,
+        "batch_size": sz.samples,
+        "hallucination_steps": 2,
+        "final_dc": False,
+        "no_prior_iterations": 3,
+    }
+    methods = [
+        {
+            "solver": OWN_SOLVER.get(g, "ddim"),
+            "guidance": g,
+            "guidance_options": {**STABLE_GUIDANCE_OPTIONS.get(g, {}), **gopts.get(g, {})},
+        }
+        for g in sorted(BUILTINS["guidance"])
+    ]
+    methods += [
+        {
+            "solver": "ddpm",
+            "guidance": "none" if s == "mcgdiff" else "dds",
+            "guidance_options": {} if s == "mcgdiff" else gopts.get("dds", {}),
+            "search": s,
+            "search_options": SMALL_SEARCH_OPTIONS.get(s, {}),
+        }
+        for s in sorted(BUILTINS["search"])
+    ]
+    print(
+        f"\n== part 2: {len(methods)} methods on {case.label}, 4x {mask_kind}, {sz.samples} samples, {sz.steps} steps on {ctx.device} (strict float32)"
+        f"{' and cpu' if ctx.compare else ''}{', and on the device with TF32' if ctx.tf32 else ''}",
+        flush=True,
+    )
 
     def one(method: dict[str, Any], device: str) -> dict[str, Any]:
         out = reconstruct_case(case, 0, prior(ctx, device), 4, method, sampling, center, 0, device)
         x = out["samples"]
         finite = bool(torch.isfinite(x).all())
         psnr = image_metrics(truth, channels_to_complex(x).mean(0).numpy())["psnr"] if finite else math.nan
-        return {"finite": finite, "psnr": psnr, "nfe": out["nfe"], "wall_s": out["wall_time_s"], "mean": x.mean(0)}
+        return {
+            "finite": finite,
+            "psnr": psnr,
+            "nfe": out["nfe"],
+            "wall_s": out["wall_time_s"],
+            "mean": x.mean(0),
+        }
 
     for method in methods:
         name = method_name(method)
         main, ref, alt, _ = ctx.runs(name, lambda d, method=method: one(method, d))
         deterministic = not method.get("search")
-        row = {"method": name, "kind": "search" if method.get("search") else "guidance", "device": ctx.device,
-               "options": str({k: v for k, v in method.items() if k.endswith("_options") and v}),
-               "finite": main["finite"] if main else None, "psnr": main["psnr"] if main else math.nan, "nfe": main["nfe"] if main else None,
-               "wall_s": main["wall_s"] if main else math.nan, "cpu_finite": ref["finite"] if ref else None, "cpu_psnr": ref["psnr"] if ref else math.nan,
-               "cpu_wall_s": ref["wall_s"] if ref else math.nan, "psnr_diff_db": math.nan, "mean_rel_diff": math.nan,
-               "tf32_psnr_diff_db": math.nan, "tf32_mean_rel_diff": math.nan}
+        row = {
+            "method": name,
+            "kind": "search" if method.get("search") else "guidance",
+            "device": ctx.device,
+            "options": str({k: v for k, v in method.items() if k.endswith("_options") and v}),
+            "finite": main["finite"] if main else None,
+            "psnr": main["psnr"] if main else math.nan,
+            "nfe": main["nfe"] if main else None,
+            "wall_s": main["wall_s"] if main else math.nan,
+            "cpu_finite": ref["finite"] if ref else None,
+            "cpu_psnr": ref["psnr"] if ref else math.nan,
+            "cpu_wall_s": ref["wall_s"] if ref else math.nan,
+            "psnr_diff_db": math.nan,
+            "mean_rel_diff": math.nan,
+            "tf32_psnr_diff_db": math.nan,
+            "tf32_mean_rel_diff": math.nan,
+        }
         status = "ok" if main and main["finite"] else "FAIL"
         if main and not main["finite"]:
             ctx.fail(f"{name} on {ctx.device}", "non-finite samples")
@@ -335,19 +454,32 @@ def check_guidance(ctx: Context) -> list[dict[str, Any]]:
             if not abs(row["psnr_diff_db"]) <= PSNR_TOL:
                 if deterministic:
                     status = "FAIL"
-                    ctx.fail(name, f"PSNR {main['psnr']:.2f} dB on {ctx.device} vs {ref['psnr']:.2f} dB on cpu (> {PSNR_TOL} dB apart)")
+                    ctx.fail(
+                        name,
+                        f"PSNR {main['psnr']:.2f} dB on {ctx.device} vs {ref['psnr']:.2f} dB on cpu (> {PSNR_TOL} dB apart)",
+                    )
                 else:
                     status = "differs (search)"
         if alt and ref:
             row["tf32_psnr_diff_db"] = alt["psnr"] - ref["psnr"]
             row["tf32_mean_rel_diff"] = rel_rmse(alt["mean"], ref["mean"])
             if deterministic and not abs(row["tf32_psnr_diff_db"]) <= PSNR_TOL:
-                ctx.warn(name, f"with TF32 PSNR {alt['psnr']:.2f} dB on {ctx.device} vs {ref['psnr']:.2f} dB on cpu (> {PSNR_TOL} dB apart)")
+                ctx.warn(
+                    name,
+                    f"with TF32 PSNR {alt['psnr']:.2f} dB on {ctx.device} vs {ref['psnr']:.2f} dB on cpu (> {PSNR_TOL} dB apart)",
+                )
         row["status"] = status
         rows.append(row)
-        cmp = f"  cpu {row['cpu_psnr']:6.2f} dB  Δ {row['psnr_diff_db']:+.3f} dB  mean rel Δ {row['mean_rel_diff']:.2e}  cpu {row['cpu_wall_s']:6.2f} s" if ctx.compare else ""
+        cmp = (
+            f"  cpu {row['cpu_psnr']:6.2f} dB  Δ {row['psnr_diff_db']:+.3f} dB  mean rel Δ {row['mean_rel_diff']:.2e}  cpu {row['cpu_wall_s']:6.2f} s"
+            if ctx.compare
+            else ""
+        )
         cmp += f"  tf32 Δ {row['tf32_psnr_diff_db']:+.3f} dB" if ctx.tf32 else ""
-        print(f"  {name:<24} finite {row['finite']!s:<5} PSNR {row['psnr']:6.2f} dB  {row['wall_s']:6.2f} s  nfe {row['nfe']!s:>3}{cmp}  {status}", flush=True)
+        print(
+            f"  {name:<24} finite {row['finite']!s:<5} PSNR {row['psnr']:6.2f} dB  {row['wall_s']:6.2f} s  nfe {row['nfe']!s:>3}{cmp}  {status}",
+            flush=True,
+        )
     return rows
 
 
@@ -364,11 +496,23 @@ def check_overhead(ctx: Context) -> list[dict[str, Any]]:
     """Part 3: whole-run time over bare denoiser calls per solver on the device (``solvers_convergence.overhead``)."""
     sz, rows = ctx.sizes, []
     D = prior(ctx, ctx.device)
-    print(f"\n== part 3: per-step overhead on {ctx.device}, batches {sz.overhead_batches}, {sz.overhead_nfe} NFE, median of {sz.overhead_repeats}", flush=True)
+    print(
+        f"\n== part 3: per-step overhead on {ctx.device}, batches {sz.overhead_batches}, {sz.overhead_nfe} NFE, median of {sz.overhead_repeats}",
+        flush=True,
+    )
     for batch in sz.overhead_batches:
-        x = (torch.randn((batch,) + image_shape(ctx), generator=torch.Generator().manual_seed(0)) * float(D.schedule.sigma(D.schedule.t_max))).to(ctx.device)
+        x = (
+            torch.randn((batch,) + image_shape(ctx), generator=torch.Generator().manual_seed(0))
+            * float(D.schedule.sigma(D.schedule.t_max))
+        ).to(ctx.device)
         for name, spec in overhead_solvers(ctx).items():
-            got = guarded(ctx, f"overhead {name} batch {batch}", lambda x=x, name=name, spec=spec: overhead(D, x, sz.overhead_nfe, sz.overhead_repeats, {name: spec}))
+            got = guarded(
+                ctx,
+                f"overhead {name} batch {batch}",
+                lambda x=x, name=name, spec=spec: overhead(
+                    D, x, sz.overhead_nfe, sz.overhead_repeats, {name: spec}
+                ),
+            )
             for r in got or []:
                 rows.append({"device": ctx.device, "batch": batch, **r})
     return rows
@@ -394,8 +538,15 @@ def calls_per_second(ctx: Context, device: str, batch: int) -> dict[str, Any]:
                 elapsed = time.perf_counter() - start
         synchronize()
         elapsed = time.perf_counter() - start
-    return {"what": "denoiser", "device": device, "batch": batch, "per_s": n / elapsed, "ms_each": 1e3 * elapsed / n,
-            "samples_per_s": n * batch / elapsed, "count": n}
+    return {
+        "what": "denoiser",
+        "device": device,
+        "batch": batch,
+        "per_s": n / elapsed,
+        "ms_each": 1e3 * elapsed / n,
+        "samples_per_s": n * batch / elapsed,
+        "count": n,
+    }
 
 
 def training_rate(ctx: Context, device: str) -> dict[str, Any]:
@@ -405,7 +556,9 @@ def training_rate(ctx: Context, device: str) -> dict[str, Any]:
     the last two wall times, so the checkpoint and loss-curve writing cancel.
     """
     sz, cfg = ctx.sizes, checkpoint_config(ctx.args.prior)
-    images = training_images(ctx.args.data / "train.zarr", float(load_config(ctx.args.config)["mri"]["data"]["center_fraction"]))
+    images = training_images(
+        ctx.args.data / "train.zarr", float(load_config(ctx.args.config)["mri"]["data"]["center_fraction"])
+    )
     known = {f.name for f in fields(TrainConfig)}
     base = {k: v for k, v in cfg.get("training", {}).items() if k in known}
     times = []
@@ -413,42 +566,79 @@ def training_rate(ctx: Context, device: str) -> dict[str, Any]:
         for i, steps in enumerate((sz.train_warmup, sz.train_warmup, sz.train_warmup + sz.train_steps)):
             train = TrainConfig(**{**base, "steps": steps, "warmup": min(base.get("warmup", 100), steps)})
             folder = Path(tmp) / f"p{i}"
-            _, wall = timed(lambda folder=folder, train=train: train_prior(images, folder, cfg["network"], VPSchedule(**cfg["schedule"]), train, cfg.get("clip"), {}, device, progress=False))
+            _, wall = timed(
+                lambda folder=folder, train=train: train_prior(
+                    images,
+                    folder,
+                    cfg["network"],
+                    VPSchedule(**cfg["schedule"]),
+                    train,
+                    cfg.get("clip"),
+                    {},
+                    device,
+                    progress=False,
+                )
+            )
             times.append(wall)
     diff = times[2] - times[1]
     rate = sz.train_steps / diff if diff > 0 else (sz.train_warmup + sz.train_steps) / times[2]
     bs = base.get("batch_size", TrainConfig.batch_size)
-    return {"what": f"train_prior (batch {bs})", "device": device, "batch": bs, "per_s": rate, "ms_each": 1e3 / rate,
-            "samples_per_s": rate * bs, "count": sz.train_steps}
+    return {
+        "what": f"train_prior (batch {bs})",
+        "device": device,
+        "batch": bs,
+        "per_s": rate,
+        "ms_each": 1e3 / rate,
+        "samples_per_s": rate * bs,
+        "count": sz.train_steps,
+    }
 
 
 def check_throughput(ctx: Context) -> list[dict[str, Any]]:
     """Part 4: denoiser calls/s on each device at each batch, and training steps/s on the device."""
     rows = []
-    print(f"\n== part 4: throughput, batches {ctx.sizes.throughput_batches}, devices {ctx.devices}", flush=True)
+    print(
+        f"\n== part 4: throughput, batches {ctx.sizes.throughput_batches}, devices {ctx.devices}", flush=True
+    )
     for device in ctx.devices:
         for batch in ctx.sizes.throughput_batches:
-            r = guarded(ctx, f"denoiser throughput {device} batch {batch}", lambda device=device, batch=batch: calls_per_second(ctx, device, batch))
+            r = guarded(
+                ctx,
+                f"denoiser throughput {device} batch {batch}",
+                lambda device=device, batch=batch: calls_per_second(ctx, device, batch),
+            )
             if r:
                 rows.append(r)
-                print(f"  denoiser {device:<6} batch {batch:>4}: {r['per_s']:9.1f} calls/s  {r['ms_each']:8.2f} ms/call  {r['samples_per_s']:10.0f} samples/s", flush=True)
+                print(
+                    f"  denoiser {device:<6} batch {batch:>4}: {r['per_s']:9.1f} calls/s  {r['ms_each']:8.2f} ms/call  {r['samples_per_s']:10.0f} samples/s",
+                    flush=True,
+                )
     r = guarded(ctx, f"training throughput {ctx.device}", lambda: training_rate(ctx, ctx.device))
     if r:
         rows.append(r)
-        print(f"  {r['what']} on {ctx.device}: {r['per_s']:.2f} steps/s ({r['ms_each']:.1f} ms/step)", flush=True)
+        print(
+            f"  {r['what']} on {ctx.device}: {r['per_s']:.2f} steps/s ({r['ms_each']:.1f} ms/step)",
+            flush=True,
+        )
     return rows
 
 
 # -- summary --------------------------------------------------------------------------
 def fmt(v: Any) -> str:
     if isinstance(v, float):
-        return "nan" if math.isnan(v) else (f"{v:.3e}" if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e5) else f"{v:.3f}")
+        return (
+            "nan"
+            if math.isnan(v)
+            else (f"{v:.3e}" if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e5) else f"{v:.3f}")
+        )
     return "" if v is None else str(v)
 
 
 def print_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
     print(f"\n{title}")
-    columns = [c for c in columns if any(fmt(r.get(c)) not in ("", "nan") for r in rows)]  # drop columns with nothing in them
+    columns = [
+        c for c in columns if any(fmt(r.get(c)) not in ("", "nan") for r in rows)
+    ]  # drop columns with nothing in them
     cells = [[fmt(r.get(c)) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     print("  " + "  ".join(c.ljust(w) for c, w in zip(columns, widths)))
@@ -457,8 +647,32 @@ def print_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> N
 
 
 SUMMARY = {
-    "solvers": ["solver", "nfe", "finite", "ms_per_step", "cpu_ms_per_step", "prepare_s", "max_abs_diff", "rel_rmse_diff", "tf32_rel_rmse_diff", "status", "note"],
-    "guidance": ["method", "finite", "psnr", "cpu_psnr", "psnr_diff_db", "mean_rel_diff", "tf32_psnr_diff_db", "nfe", "wall_s", "cpu_wall_s", "status"],
+    "solvers": [
+        "solver",
+        "nfe",
+        "finite",
+        "ms_per_step",
+        "cpu_ms_per_step",
+        "prepare_s",
+        "max_abs_diff",
+        "rel_rmse_diff",
+        "tf32_rel_rmse_diff",
+        "status",
+        "note",
+    ],
+    "guidance": [
+        "method",
+        "finite",
+        "psnr",
+        "cpu_psnr",
+        "psnr_diff_db",
+        "mean_rel_diff",
+        "tf32_psnr_diff_db",
+        "nfe",
+        "wall_s",
+        "cpu_wall_s",
+        "status",
+    ],
     "overhead": ["batch", "solver", "calls", "run_s", "bare_calls_s", "ratio", "prepare_s"],
     "throughput": ["what", "device", "batch", "per_s", "ms_each", "samples_per_s"],
 }
@@ -473,23 +687,45 @@ def environment(ctx: Context) -> str:
         except PackageNotFoundError:
             return "?"
 
-    lines = [f"python {sys.version.split()[0]}  torch {torch.__version__}  numpy {np.__version__}  diffusers {ver('diffusers')}  zarr {ver('zarr')}  threads {torch.get_num_threads()}"]
+    lines = [
+        f"python {sys.version.split()[0]}  torch {torch.__version__}  numpy {np.__version__}  diffusers {ver('diffusers')}  zarr {ver('zarr')}  threads {torch.get_num_threads()}"
+    ]
     if torch.cuda.is_available():
-        lines.append(f"cuda {torch.version.cuda}  {torch.cuda.get_device_name()}  cudnn {torch.backends.cudnn.version()}  "
-                     f"tf32 conv {torch.backends.cudnn.allow_tf32} matmul {torch.backends.cuda.matmul.allow_tf32}")
-    lines.append(f"device {ctx.device}  compared with cpu: {ctx.compare}  prior {ctx.args.prior}  data {ctx.args.data}  sizes {ctx.sizes}")
+        lines.append(
+            f"cuda {torch.version.cuda}  {torch.cuda.get_device_name()}  cudnn {torch.backends.cudnn.version()}  "
+            f"tf32 conv {torch.backends.cudnn.allow_tf32} matmul {torch.backends.cuda.matmul.allow_tf32}"
+        )
+    lines.append(
+        f"device {ctx.device}  compared with cpu: {ctx.compare}  prior {ctx.args.prior}  data {ctx.args.data}  sizes {ctx.sizes}"
+    )
     return "\n".join(lines)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default=None, help="cuda when available, else cpu")
-    ap.add_argument("--compare-cpu", action=argparse.BooleanOptionalAction, default=None,
-                    help="also run parts 1, 2 and 4 on the CPU as the reference (default: on unless --device cpu)")
-    ap.add_argument("--quick", action="store_true", help="tiny sizes (batch 4, 5 steps), for a CPU smoke test")
+    ap.add_argument(
+        "--compare-cpu",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also run parts 1, 2 and 4 on the CPU as the reference (default: on unless --device cpu)",
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="tiny sizes (batch 4, 5 steps), for a CPU smoke test"
+    )
     ap.add_argument("--prior", type=Path, default=Path("results/mri/demo/prior"))
-    ap.add_argument("--data", type=Path, default=Path("results/mri/demo/data"), help="folder with train.zarr and eval.zarr")
-    ap.add_argument("--config", type=Path, default=Path("config/config.yaml"), help="for the centre fraction, mask kind and guidance options")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=Path("results/mri/demo/data"),
+        help="folder with train.zarr and eval.zarr",
+    )
+    ap.add_argument(
+        "--config",
+        type=Path,
+        default=Path("config/config.yaml"),
+        help="for the centre fraction, mask kind and guidance options",
+    )
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
     ap.add_argument("--parts", type=int, nargs="+", default=[1, 2, 3, 4], choices=[1, 2, 3, 4])
@@ -500,7 +736,12 @@ def main() -> int:
     ctx = Context(args, QUICK if args.quick else FULL, device, compare)
     print(environment(ctx), flush=True)
     start = time.perf_counter()
-    parts = {1: ("solvers", check_solvers), 2: ("guidance", check_guidance), 3: ("overhead", check_overhead), 4: ("throughput", check_throughput)}
+    parts = {
+        1: ("solvers", check_solvers),
+        2: ("guidance", check_guidance),
+        3: ("overhead", check_overhead),
+        4: ("throughput", check_throughput),
+    }
     for p in args.parts:
         key, fn = parts[p]
         t0 = time.perf_counter()
@@ -508,9 +749,14 @@ def main() -> int:
         print(f"-- part {p} took {time.perf_counter() - t0:.1f} s", flush=True)
         if rows:
             ctx.tables[key] = rows
-            write_csv(args.out / f"device_check_{key}.csv", [{k: v for k, v in r.items() if not isinstance(v, Tensor)} for r in rows])
+            write_csv(
+                args.out / f"device_check_{key}.csv",
+                [{k: v for k, v in r.items() if not isinstance(v, Tensor)} for r in rows],
+            )
 
-    print(f"\n==== summary ({device}{' vs cpu' if ctx.compare else ''}, {time.perf_counter() - start:.0f} s) ====")
+    print(
+        f"\n==== summary ({device}{' vs cpu' if ctx.compare else ''}, {time.perf_counter() - start:.0f} s) ===="
+    )
     for key, rows in ctx.tables.items():
         print_table(key, rows, SUMMARY[key])
     print(f"\nwrote {', '.join(f'device_check_{k}.csv' for k in ctx.tables)} under {args.out}")

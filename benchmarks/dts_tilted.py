@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 import torch
+from _common import write_csv
 
 from diffinv.search import make_search
 from diffinv.solvers import PerSampleNoise, make_solver
 from diffinv.testbed import distance_to, make_problem, tilt
-from _common import write_csv
 
 OUT = Path(__file__).parent / "out"
 
@@ -37,7 +37,9 @@ def main() -> None:
     sch, steps, runs = problem.prior.schedule, 20, args.runs
     a, lam = torch.ones(8, dtype=torch.float64) / 8**0.5, 0.1
     target = tilt(problem.prior, a, lam)
-    opts = {k: (float(v) if "." in v else int(v)) for k, v in (kv.split("=") for kv in args.opts.split(",") if kv)}
+    opts = {
+        k: (float(v) if "." in v else int(v)) for k, v in (kv.split("=") for kv in args.opts.split(",") if kv)
+    }
 
     def reward(x: torch.Tensor) -> torch.Tensor:
         return lam * (x.reshape(x.shape[0], -1) @ a.to(x.dtype))
@@ -50,21 +52,54 @@ def main() -> None:
             x_T = torch.randn(runs * n, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(base))
             start = time.perf_counter()
             bon = make_search("best_of_n", None, None, reward=reward, n=n)
-            r = bon.run(make_solver("ddpm", sch), problem.prior, x_T, sch.grid(steps), PerSampleNoise(range(base, base + runs * n)))
-            rows.append({"seed": seed, "method": f"best_of_n-{n}", "rollouts": n, "nfe": r.nfe_per_sample, "mean_best_reward": float(r.reward.mean()),
-                         "sw_to_tilted": distance_to(target, r.x), "seconds": round(time.perf_counter() - start, 1)})
+            r = bon.run(
+                make_solver("ddpm", sch),
+                problem.prior,
+                x_T,
+                sch.grid(steps),
+                PerSampleNoise(range(base, base + runs * n)),
+            )
+            rows.append(
+                {
+                    "seed": seed,
+                    "method": f"best_of_n-{n}",
+                    "rollouts": n,
+                    "nfe": r.nfe_per_sample,
+                    "mean_best_reward": float(r.reward.mean()),
+                    "sw_to_tilted": distance_to(target, r.x),
+                    "seconds": round(time.perf_counter() - start, 1),
+                }
+            )
             print(rows[-1], flush=True)
         for name in [m for m in args.methods if m != "best_of_n"]:
             x_T = torch.randn(runs, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(base + 1))
             m = make_search(name, None, None, reward=reward, seed=seed, **opts)
             start = time.perf_counter()
-            res = m.anytime(make_solver("ddpm", sch), problem.prior, x_T, sch.grid(steps), PerSampleNoise(range(base + 500_000, base + 500_000 + runs)), args.checkpoints)
+            res = m.anytime(
+                make_solver("ddpm", sch),
+                problem.prior,
+                x_T,
+                sch.grid(steps),
+                PerSampleNoise(range(base + 500_000, base + 500_000 + runs)),
+                args.checkpoints,
+            )
             for c, rr in zip(args.checkpoints, res):
-                rows.append({"seed": seed, "method": name, "rollouts": c, "nfe": rr.nfe_per_sample, "mean_best_reward": float(rr.reward.mean()),
-                             "sw_to_tilted": distance_to(target, rr.x), "seconds": round(time.perf_counter() - start, 1)})
+                rows.append(
+                    {
+                        "seed": seed,
+                        "method": name,
+                        "rollouts": c,
+                        "nfe": rr.nfe_per_sample,
+                        "mean_best_reward": float(rr.reward.mean()),
+                        "sw_to_tilted": distance_to(target, rr.x),
+                        "seconds": round(time.perf_counter() - start, 1),
+                    }
+                )
                 print(rows[-1], flush=True)
     write_csv(OUT / "dts_tilted.csv", rows)
-    print(f"tilted target mean reward {float(reward(target.sample(200_000, torch.Generator().manual_seed(7))).mean()):.3f}")
+    print(
+        f"tilted target mean reward {float(reward(target.sample(200_000, torch.Generator().manual_seed(7))).mean()):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -14,24 +14,35 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import write_csv
 
 from diffinv.config import load_config, method_name
 from diffinv.diffusion.networks import load_denoiser
 from diffinv.metrics import image_metrics
 from diffinv.tasks.mri import load_cases, reconstruct
 from diffinv.uncertainty import interval_coverage
-from _common import write_csv
 
 OUT = Path(__file__).parent / "out"
 METHODS = [
     {"solver": "dpmpp_2m", "guidance": "dds", "guidance_options": {"cg_steps": 5}},
-    {"solver": "ddim", "solver_options": {"eta": 1.0}, "guidance": "dds", "guidance_options": {"cg_steps": 5}},
+    {
+        "solver": "ddim",
+        "solver_options": {"eta": 1.0},
+        "guidance": "dds",
+        "guidance_options": {"cg_steps": 5},
+    },
     {"solver": "ddim", "guidance": "dps", "guidance_options": {"zeta": 1.0}},
     {"solver": "ddim", "guidance": "pigdm"},
     {"solver": "ddim", "guidance": "pigdm", "guidance_options": {"alpha_power": 1.0}},
     {"solver": "ddrm", "guidance": "ddrm"},
     {"solver": "diffpir", "guidance": "diffpir"},
-    {"solver": "ddpm", "guidance": "dds", "guidance_options": {"cg_steps": 5}, "search": "smc", "search_options": {"particles": 4}},
+    {
+        "solver": "ddpm",
+        "guidance": "dds",
+        "guidance_options": {"cg_steps": 5},
+        "search": "smc",
+        "search_options": {"particles": 4},
+    },
 ]
 
 
@@ -39,11 +50,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1])
     parser.add_argument("--quick", action="store_true", help="2 cases, 8 samples, 4x only")
-    parser.add_argument("--only", nargs="+", default=None, help="run only the methods with these names (e.g. ddim-pigdm)")
+    parser.add_argument(
+        "--only", nargs="+", default=None, help="run only the methods with these names (e.g. ddim-pigdm)"
+    )
     args = parser.parse_args()
     prior_dir, data = args.root / "results/mri/demo/prior", args.root / "results/mri/demo/data/eval.zarr"
     if not (prior_dir.is_dir() and data.exists()):
-        print(f"skipped: the demo prior ({prior_dir}) or eval store ({data}) is absent; run the demo pipeline first")
+        print(
+            f"skipped: the demo prior ({prior_dir}) or eval store ({data}) is absent; run the demo pipeline first"
+        )
         return
     torch.set_num_threads(1)
     cfg = load_config(args.root / "config/config.yaml")
@@ -57,12 +72,31 @@ def main() -> None:
             if args.only and method_name(method) not in args.only:
                 continue
             start = time.perf_counter()
-            ds = reconstruct(cases, prior, acc, method, sampling, mri["data"]["center_fraction"], cfg["seed"], "cpu", {"step": "benchmark"})
+            ds = reconstruct(
+                cases,
+                prior,
+                acc,
+                method,
+                sampling,
+                mri["data"]["center_fraction"],
+                cfg["seed"],
+                "cpu",
+                {"step": "benchmark"},
+            )
             mag, truth = np.abs(ds["samples"].values), np.abs(ds["truth"].values)
             metrics = [image_metrics(t, m) for t, m in zip(truth, np.abs(ds["mean"].values))]
             cover = [interval_coverage(mag[i], truth[i], levels=(0.9,))[0.9] for i in range(len(cases))]
-            rows.append(dict(method=method_name(method), options=str(method.get("guidance_options", {})), acceleration=acc, psnr=np.mean([m["psnr"] for m in metrics]), ssim=np.mean([m["ssim"] for m in metrics]),
-                             coverage_90=float(np.mean(cover)), seconds=round(time.perf_counter() - start, 1)))
+            rows.append(
+                dict(
+                    method=method_name(method),
+                    options=str(method.get("guidance_options", {})),
+                    acceleration=acc,
+                    psnr=np.mean([m["psnr"] for m in metrics]),
+                    ssim=np.mean([m["ssim"] for m in metrics]),
+                    coverage_90=float(np.mean(cover)),
+                    seconds=round(time.perf_counter() - start, 1),
+                )
+            )
             print(rows[-1], flush=True)
     write_csv(OUT / "guidance_mri.csv", rows)
 

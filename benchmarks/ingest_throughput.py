@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
 from _common import write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,24 +84,35 @@ def main() -> None:
                 work.mkdir()
                 src = make(work, replicas)
                 size_mb = src.stat().st_size / 2**20
-                done = subprocess.run([sys.executable, __file__, "--child", source, str(src), str(work)], capture_output=True, text=True, check=True)
+                done = subprocess.run(
+                    [sys.executable, __file__, "--child", source, str(src), str(work)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 fig = json.loads(done.stdout.strip().splitlines()[-1])
-                rows.append({
-                    "source": source,
-                    "input": "Vienna sample" if source == "igra" and (REAL / "igra").exists() else ("demo" if source == "era5" else "demo stations"),
-                    "replicas": replicas,
-                    "input_mb": round(size_mb, 2),
-                    "seconds": round(fig["seconds"], 3),
-                    "mb_per_s": round(size_mb / fig["seconds"], 1),
-                    "rss_baseline_mb": round(fig["rss_baseline_mb"], 1),
-                    "rss_peak_mb": round(fig["rss_peak_mb"], 1),
-                    "rss_delta_mb": round(fig["rss_peak_mb"] - fig["rss_baseline_mb"], 1),
-                })
+                rows.append(
+                    {
+                        "source": source,
+                        "input": "Vienna sample"
+                        if source == "igra" and (REAL / "igra").exists()
+                        else ("demo" if source == "era5" else "demo stations"),
+                        "replicas": replicas,
+                        "input_mb": round(size_mb, 2),
+                        "seconds": round(fig["seconds"], 3),
+                        "mb_per_s": round(size_mb / fig["seconds"], 1),
+                        "rss_baseline_mb": round(fig["rss_baseline_mb"], 1),
+                        "rss_peak_mb": round(fig["rss_peak_mb"], 1),
+                        "rss_delta_mb": round(fig["rss_peak_mb"] - fig["rss_baseline_mb"], 1),
+                    }
+                )
     write_csv(OUT, rows)
     header = f"{'source':<6} {'input':<14} {'x':>3} {'MB':>7} {'s':>7} {'MB/s':>7} {'RSS base':>9} {'RSS peak':>9} {'delta':>7}"
     print(header)
     for r in rows:
-        print(f"{r['source']:<6} {r['input']:<14} {r['replicas']:>3} {r['input_mb']:>7} {r['seconds']:>7} {r['mb_per_s']:>7} {r['rss_baseline_mb']:>9} {r['rss_peak_mb']:>9} {r['rss_delta_mb']:>7}")
+        print(
+            f"{r['source']:<6} {r['input']:<14} {r['replicas']:>3} {r['input_mb']:>7} {r['seconds']:>7} {r['mb_per_s']:>7} {r['rss_baseline_mb']:>9} {r['rss_peak_mb']:>9} {r['rss_delta_mb']:>7}"
+        )
     print(f"wrote {OUT}")
 
 

@@ -36,7 +36,10 @@ OUT = Path(__file__).resolve().parent / "out"
 def time_per_nfe(prior, case, guidance: str, batch: int, repeats: int) -> tuple[float, float]:
     """Seconds per call of the bare denoiser and of the guided denoiser (median of repeats)."""
     width = case.kspace.shape[-1]
-    op = MRIOperator(sampling_mask("equispaced_fraction", width, 4, 0.08, seed=0), case.sensitivities[None] if case.sensitivities is not None else None)
+    op = MRIOperator(
+        sampling_mask("equispaced_fraction", width, 4, 0.08, seed=0),
+        case.sensitivities[None] if case.sensitivities is not None else None,
+    )
     y = op.mask * (case.kspace[None] if case.sensitivities is not None else case.kspace)
     y = y.expand((batch,) + tuple(y.shape[1:]))
     x = torch.randn(batch, 2, *case.kspace.shape[-2:])
@@ -71,13 +74,25 @@ def main() -> None:
 
     cfg = validate_config(yaml.safe_load(Path(args.config).read_text()), args.config)
     prior = load_denoiser(Path(args.prior))
-    cases = load_cases(Path(args.data), cfg["mri"]["data"]["center_fraction"], 2 if args.quick else cfg["mri"]["data"]["cases"])
+    cases = load_cases(
+        Path(args.data),
+        cfg["mri"]["data"]["center_fraction"],
+        2 if args.quick else cfg["mri"]["data"]["cases"],
+    )
 
     rows = []
     batch = cfg["mri"]["sampling"]["batch_size"]
     for guidance in ("none", "dds", "dps"):
         bare, guided = time_per_nfe(prior, cases[0], guidance, batch, 5 if args.quick else 15)
-        rows.append({"guidance": guidance, "batch": batch, "denoiser_s": bare, "guided_s": guided, "overhead_ratio": guided / bare})
+        rows.append(
+            {
+                "guidance": guidance,
+                "batch": batch,
+                "denoiser_s": bare,
+                "guided_s": guided,
+                "overhead_ratio": guided / bare,
+            }
+        )
     timing = pd.DataFrame(rows)
     timing.to_csv(OUT / "mri_posterior_timing.csv", index=False, float_format="%.4g")
     print(timing.to_string(index=False))
@@ -91,10 +106,24 @@ def main() -> None:
     for acc in cfg["mri"]["sampling"]["accelerations"]:
         for method in cfg["mri"]["sampling"]["methods"]:
             name = f"{method['solver']}-{method['guidance']}"
-            ds = reconstruct(cases, prior, acc, method, sampling, cfg["mri"]["data"]["center_fraction"], cfg["seed"], "cpu", {"step": "benchmark"})
+            ds = reconstruct(
+                cases,
+                prior,
+                acc,
+                method,
+                sampling,
+                cfg["mri"]["data"]["center_fraction"],
+                cfg["seed"],
+                "cpu",
+                {"step": "benchmark"},
+            )
             store = write_zarr(ds, OUT / f"mri_posterior_{acc}x_{name}.zarr")
             table = evaluate_store(store)
-            quality.append(table.groupby(["method", "acceleration", "reconstruction"], as_index=False)[["psnr", "ssim", "nmse"] + [c for c in table.columns if c.startswith("coverage")]].mean())
+            quality.append(
+                table.groupby(["method", "acceleration", "reconstruction"], as_index=False)[
+                    ["psnr", "ssim", "nmse"] + [c for c in table.columns if c.startswith("coverage")]
+                ].mean()
+            )
     quality = pd.concat(quality, ignore_index=True)
     quality.to_csv(OUT / "mri_posterior_quality.csv", index=False, float_format="%.4g")
     print(quality.to_string(index=False))

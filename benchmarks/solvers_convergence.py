@@ -23,13 +23,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from _common import write_csv  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from diffinv.diffusion.denoisers import Denoiser, GaussianMixtureDenoiser  # noqa: E402
 from diffinv.diffusion.schedule import VPSchedule  # noqa: E402
 from diffinv.solvers import make_solver, sample  # noqa: E402
 from diffinv.solvers.base import integrate  # noqa: E402
-from _common import write_csv  # noqa: E402
 
 OUT = Path(__file__).parent / "out"
 PRIORS = [Path("/work/main/results/mri/demo/prior"), Path("/tmp/solvers_prior/prior")]
@@ -69,7 +69,9 @@ def gmm_prior(schedule: VPSchedule, dim: int = 8) -> GaussianMixtureDenoiser:
     return GaussianMixtureDenoiser(schedule, weights, means, torch.full((25,), 0.02, dtype=torch.float64))
 
 
-def gmm_posterior(prior: GaussianMixtureDenoiser, a: Tensor, y: Tensor, noise_std: float) -> GaussianMixtureDenoiser:
+def gmm_posterior(
+    prior: GaussianMixtureDenoiser, a: Tensor, y: Tensor, noise_std: float
+) -> GaussianMixtureDenoiser:
     """The exact posterior of y = A x0 + σ_y n under the mixture prior, itself a Gaussian mixture."""
     d = prior.dim
     eye = torch.eye(d, dtype=torch.float64)
@@ -99,7 +101,9 @@ def mri_setting(prior_dir: Path, data: Path, device: str) -> tuple[Denoiser, Den
     mask = sampling_mask("random", width, 4, 0.08, seed=0).to(device)
     sens = case.sensitivities[None].to(device) if case.sensitivities is not None else None
     op = MRIOperator(mask, sens)
-    y = op.mask * (case.kspace[None] if sens is not None else case.kspace).to(device)  # batch axis 1: broadcasts over any batch
+    y = op.mask * (case.kspace[None] if sens is not None else case.kspace).to(
+        device
+    )  # batch axis 1: broadcasts over any batch
     posterior = make_guidance("dds", op, y, cg_steps=5)(prior)
     return prior, posterior, (2,) + tuple(case.kspace.shape[-2:])
 
@@ -120,7 +124,14 @@ def timed(fn: Callable[[], Tensor]) -> tuple[Tensor, float]:
 
 
 def run_setting(
-    label: str, D: Denoiser, x_t: Tensor, nfes: list[int], ref_steps: int, small: Denoiser | None, rows: list[dict[str, Any]], network: bool = False,
+    label: str,
+    D: Denoiser,
+    x_t: Tensor,
+    nfes: list[int],
+    ref_steps: int,
+    small: Denoiser | None,
+    rows: list[dict[str, Any]],
+    network: bool = False,
     calibration_size: int | None = None,
 ) -> None:
     """Errors and time per step of every solver at every NFE for one prior.
@@ -158,13 +169,33 @@ def run_setting(
                 g, t_prep = timed(lambda: solver.prepare(D, sch.grid(steps, "logsnr"), x_t))
                 out, t_run = timed(lambda: integrate(solver, D, x_t, g))
                 err = float((out - ref).pow(2).mean().sqrt())
-                rows.append(dict(setting=label, device=str(x_t.device), solver=name, nfe=steps * solver.nfe_per_step, steps=steps, rmse=err,
-                                 rel_error=err / float(ref.pow(2).mean().sqrt()), time_per_step_s=t_run / steps,
-                                 denoiser_call_s=per_call, prepare_s=t_prep))
-                print(f"{label:<16} {name:<14} nfe {steps * solver.nfe_per_step:>3}  rmse {err:.3e}  {t_run / steps * 1e3:.1f} ms/step", flush=True)
+                rows.append(
+                    dict(
+                        setting=label,
+                        device=str(x_t.device),
+                        solver=name,
+                        nfe=steps * solver.nfe_per_step,
+                        steps=steps,
+                        rmse=err,
+                        rel_error=err / float(ref.pow(2).mean().sqrt()),
+                        time_per_step_s=t_run / steps,
+                        denoiser_call_s=per_call,
+                        prepare_s=t_prep,
+                    )
+                )
+                print(
+                    f"{label:<16} {name:<14} nfe {steps * solver.nfe_per_step:>3}  rmse {err:.3e}  {t_run / steps * 1e3:.1f} ms/step",
+                    flush=True,
+                )
 
 
-def overhead(D: Denoiser, x_t: Tensor, steps: int, repeats: int, solvers: dict[str, tuple[str, dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+def overhead(
+    D: Denoiser,
+    x_t: Tensor,
+    steps: int,
+    repeats: int,
+    solvers: dict[str, tuple[str, dict[str, Any]]] | None = None,
+) -> list[dict[str, Any]]:
     """End-to-end cost per denoiser call of each solver against bare denoiser calls.
 
     For each solver, a whole ``steps``-NFE run on the network prior and the same number of
@@ -181,18 +212,35 @@ def overhead(D: Denoiser, x_t: Tensor, steps: int, repeats: int, solvers: dict[s
     with torch.no_grad():
         for name, (registry, options) in (SOLVERS if solvers is None else solvers).items():
             options = {**options, "small": D} if registry == "tstitch" else options
-            solver = make_solver(registry, sch, **({**options, "calibration_size": 8} if registry in CALIBRATED else options))
+            solver = make_solver(
+                registry, sch, **({**options, "calibration_size": 8} if registry in CALIBRATED else options)
+            )
             n = max(1, steps // solver.nfe_per_step)
             grid, t_prep = timed(lambda: solver.prepare(D, sch.grid(n, "logsnr"), x_t))
             calls = n * solver.nfe_per_step
             t_run, t_bare = [], []
             for _ in range(repeats):
                 t_run.append(timed(lambda: integrate(solver, D, x_t, grid))[1])
-                t_bare.append(timed(lambda: [D(x_t, grid[i % n].expand(len(x_t))) for i in range(calls)][-1])[1])
+                t_bare.append(
+                    timed(lambda: [D(x_t, grid[i % n].expand(len(x_t))) for i in range(calls)][-1])[1]
+                )
             run, bare = sorted(t_run)[repeats // 2], sorted(t_bare)[repeats // 2]
             ratio = run / bare
-            out.append(dict(device=str(x_t.device), solver=name, run_s=run, bare_calls_s=bare, calls=calls, ratio=ratio, prepare_s=t_prep))
-            print(f"timing           {name:<14} {calls} calls: run {run * 1e3:.1f} ms, bare {bare * 1e3:.1f} ms: ratio {ratio:.4f}", flush=True)
+            out.append(
+                dict(
+                    device=str(x_t.device),
+                    solver=name,
+                    run_s=run,
+                    bare_calls_s=bare,
+                    calls=calls,
+                    ratio=ratio,
+                    prepare_s=t_prep,
+                )
+            )
+            print(
+                f"timing           {name:<14} {calls} calls: run {run * 1e3:.1f} ms, bare {bare * 1e3:.1f} ms: ratio {ratio:.4f}",
+                flush=True,
+            )
     return out
 
 
@@ -201,10 +249,14 @@ def summarise(rows: list[dict[str, Any]], timing: list[dict[str, Any]]) -> None:
     print("\nsetting           best@10 (solver)                ddim@50     pass")
     for label in dict.fromkeys(r["setting"] for r in rows):
         at10 = [r for r in rows if r["setting"] == label and r["nfe"] == 10]
-        ddim50 = [r["rmse"] for r in rows if r["setting"] == label and r["solver"] == "ddim" and r["nfe"] == 50]
+        ddim50 = [
+            r["rmse"] for r in rows if r["setting"] == label and r["solver"] == "ddim" and r["nfe"] == 50
+        ]
         best = min(at10, key=lambda r: r["rmse"])
         ok = "yes" if ddim50 and best["rmse"] <= ddim50[0] else ("n/a" if not ddim50 else "NO")
-        print(f"{label:<17} {best['rmse']:.3e} ({best['solver']:<12})      {ddim50[0] if ddim50 else math.nan:.3e}   {ok}")
+        print(
+            f"{label:<17} {best['rmse']:.3e} ({best['solver']:<12})      {ddim50[0] if ddim50 else math.nan:.3e}   {ok}"
+        )
     if timing:
         print("\nper-step cost / denoiser cost on the MRI prior:")
         for r in timing:
@@ -218,7 +270,14 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         for k, name in enumerate(SOLVERS):
             pts = sorted((r["nfe"], r["rmse"]) for r in rows if r["setting"] == label and r["solver"] == name)
             if pts:
-                ax.loglog(*zip(*pts), marker="o", ms=3, label=name, lw=2.2 if name in ("ddim", "fitted_lms") else 1.2, color=plt.cm.tab20(k % 20))
+                ax.loglog(
+                    *zip(*pts),
+                    marker="o",
+                    ms=3,
+                    label=name,
+                    lw=2.2 if name in ("ddim", "fitted_lms") else 1.2,
+                    color=plt.cm.tab20(k % 20),
+                )
         ax.set_title(label)
         ax.set_xlabel("NFE")
         ax.grid(True, which="both", alpha=0.3)
@@ -231,18 +290,33 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="NFE 5/10/20, 200-step references, small batches")
-    ap.add_argument("--mri-prior", type=Path, default=next((p for p in PRIORS if (p / "config.json").exists()), None))
+    ap.add_argument(
+        "--mri-prior", type=Path, default=next((p for p in PRIORS if (p / "config.json").exists()), None)
+    )
     ap.add_argument("--mri-data", type=Path, default=next((p for p in DATA if p.exists()), None))
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default="cpu", help="device of the MRI settings (the GMM settings run on the CPU in float64)")
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        help="device of the MRI settings (the GMM settings run on the CPU in float64)",
+    )
     ap.add_argument("--mri-batch", type=int, default=32, help="MRI test draws per setting")
-    ap.add_argument("--posterior-calibration", type=int, default=32, help="calibration draws of calibrated solvers on the MRI posterior (each costs CG steps)")
-    ap.add_argument("--settings", default="gmm,gmm-posterior,mri,mri-posterior", help="comma-separated settings to run")
+    ap.add_argument(
+        "--posterior-calibration",
+        type=int,
+        default=32,
+        help="calibration draws of calibrated solvers on the MRI posterior (each costs CG steps)",
+    )
+    ap.add_argument(
+        "--settings", default="gmm,gmm-posterior,mri,mri-posterior", help="comma-separated settings to run"
+    )
     ap.add_argument("--stem", default="solvers_convergence", help="output file stem")
     ap.add_argument("--timing-only", action="store_true", help="only the per-step overhead on the MRI prior")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda"):  # true float32, so errors compare with CPU runs (TF32 moved DEIS-3's 10-step result by 13 %)
+    if args.device.startswith(
+        "cuda"
+    ):  # true float32, so errors compare with CPU runs (TF32 moved DEIS-3's 10-step result by 13 %)
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     nfes = [5, 10, 20] if args.quick else [5, 10, 20, 50]
@@ -254,35 +328,67 @@ def main() -> None:
 
     sch = VPSchedule("cosine")
     gmm = gmm_prior(sch)
-    small = GaussianMixtureDenoiser(sch, gmm.log_weights.exp(), gmm.means * 1.02, gmm.eigvals[:, 0] * 1.1)  # an imperfect "small model"
+    small = GaussianMixtureDenoiser(
+        sch, gmm.log_weights.exp(), gmm.means * 1.02, gmm.eigvals[:, 0] * 1.1
+    )  # an imperfect "small model"
     n = 256 if args.quick else 1024
-    x_t = torch.randn(n, gmm.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * float(sch.sigma(sch.t_max))
+    x_t = torch.randn(n, gmm.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * float(
+        sch.sigma(sch.t_max)
+    )
     if args.timing_only:
         nfes = []
     settings = set(args.settings.split(","))
     if "gmm" in settings:
         run_setting("gmm", gmm, x_t, nfes, ref_steps, small, rows)
-    a = torch.randn(2, gmm.dim, generator=torch.Generator().manual_seed(2), dtype=torch.float64) / math.sqrt(gmm.dim)
-    y = a @ gmm.sample(1, torch.Generator().manual_seed(3))[0] + 0.05 * torch.randn(2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    a = torch.randn(2, gmm.dim, generator=torch.Generator().manual_seed(2), dtype=torch.float64) / math.sqrt(
+        gmm.dim
+    )
+    y = a @ gmm.sample(1, torch.Generator().manual_seed(3))[0] + 0.05 * torch.randn(
+        2, generator=torch.Generator().manual_seed(4), dtype=torch.float64
+    )
     post = gmm_posterior(gmm, a, y, 0.05)
     if "gmm-posterior" in settings:
         run_setting("gmm-posterior", post, x_t, nfes, ref_steps, gmm_posterior(small, a, y, 0.05), rows)
 
-    have_mri = args.mri_prior is not None and (args.mri_prior / "config.json").exists() and args.mri_data is not None
+    have_mri = (
+        args.mri_prior is not None and (args.mri_prior / "config.json").exists() and args.mri_data is not None
+    )
     if settings & {"mri", "mri-posterior"} and not have_mri:
         print("no MRI prior/data found: skipping the MRI settings (pass --mri-prior and --mri-data)")
     elif settings & {"mri", "mri-posterior"}:
         batch = 2 if args.quick else args.mri_batch
         prior, posterior, shape = mri_setting(args.mri_prior, args.mri_data, args.device)
-        x_m = torch.randn((batch,) + shape, generator=torch.Generator().manual_seed(0)).to(args.device) * float(prior.schedule.sigma(prior.schedule.t_max))
+        x_m = torch.randn((batch,) + shape, generator=torch.Generator().manual_seed(0)).to(
+            args.device
+        ) * float(prior.schedule.sigma(prior.schedule.t_max))
         timing = overhead(prior, x_m, 20, 5 if args.quick else 9) if "mri" in settings else []
         if args.timing_only:
             rows = []
         mri_nfes = [] if args.timing_only else [n for n in nfes if n != 30]
         if "mri" in settings:
-            run_setting("mri", prior, x_m, mri_nfes, ref_steps, None, rows, network=True, calibration_size=2 if args.quick else None)
+            run_setting(
+                "mri",
+                prior,
+                x_m,
+                mri_nfes,
+                ref_steps,
+                None,
+                rows,
+                network=True,
+                calibration_size=2 if args.quick else None,
+            )
         if "mri-posterior" in settings:
-            run_setting("mri-posterior", posterior, x_m, mri_nfes, ref_steps, None, rows, network=True, calibration_size=2 if args.quick else args.posterior_calibration)
+            run_setting(
+                "mri-posterior",
+                posterior,
+                x_m,
+                mri_nfes,
+                ref_steps,
+                None,
+                rows,
+                network=True,
+                calibration_size=2 if args.quick else args.posterior_calibration,
+            )
 
     OUT.mkdir(parents=True, exist_ok=True)
     for table, stem in ((rows, args.stem), (timing, "solvers_overhead")):

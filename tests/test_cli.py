@@ -10,7 +10,9 @@ from diffinv.cli import main
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "diffinv", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "diffinv", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_plugins_lists_builtins_with_citations():
@@ -30,14 +32,37 @@ def test_missing_input_is_one_line_naming_the_path(tmp_path, capsys):
 @pytest.mark.parametrize(
     "config,message",
     [
-        ({"mri": {"sampling": {"stepz": 3}}}, "mri.sampling: Additional properties are not allowed ('stepz' was unexpected) (fix: remove it or use one of:"),
+        (
+            {"mri": {"sampling": {"stepz": 3}}},
+            "mri.sampling: Additional properties are not allowed ('stepz' was unexpected) (fix: remove it or use one of:",
+        ),
         ({"mri": {"sampling": {"steps": "many"}}}, "mri.sampling.steps: 'many' is not of type 'integer'"),
         ({"device": "tpu"}, "device: 'tpu' does not match"),
-        ({"mri": {"sampling": {"methods": [{"solver": "ddim"}]}}}, "mri.sampling.methods.0: 'guidance' is a required property"),
+        (
+            {"mri": {"sampling": {"methods": [{"solver": "ddim"}]}}},
+            "mri.sampling.methods.0: 'guidance' is a required property",
+        ),
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(tmp_path, capsys, config, message):
-    code = main(["sample", "mri", "--data", "x.zarr", "--prior", "p", "--acceleration", "4", "--method", "ddim-dds", "-o", str(tmp_path / "o.zarr"), "--config-json", json.dumps(config)])
+    code = main(
+        [
+            "sample",
+            "mri",
+            "--data",
+            "x.zarr",
+            "--prior",
+            "p",
+            "--acceleration",
+            "4",
+            "--method",
+            "ddim-dds",
+            "-o",
+            str(tmp_path / "o.zarr"),
+            "--config-json",
+            json.dumps(config),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0
     assert message in err

@@ -52,10 +52,17 @@ def _check_options(func: Callable[..., object], options: dict[str, object], what
     params = inspect.signature(func).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    valid = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY or (p.default is not inspect.Parameter.empty and n != "seed")]
+    valid = [
+        n
+        for n, p in params.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+        or (p.default is not inspect.Parameter.empty and n != "seed")
+    ]
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise DiffinvError(f"{what}: unknown option(s) {', '.join(unknown)} (fix: use {', '.join(valid) or 'no options'})")
+        raise DiffinvError(
+            f"{what}: unknown option(s) {', '.join(unknown)} (fix: use {', '.join(valid) or 'no options'})"
+        )
 
 
 def _cmd_ingest(args: argparse.Namespace) -> None:
@@ -86,17 +93,27 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     ingest = verbs.add_parser("ingest", help="read raw files into an analysis-ready zarr store")
-    ingest.add_argument("source", choices=sorted(INGEST_SOURCES), help="; ".join(f"{k}: {v}" for k, v in INGEST_SOURCES.items()))
+    ingest.add_argument(
+        "source",
+        choices=sorted(INGEST_SOURCES),
+        help="; ".join(f"{k}: {v}" for k, v in INGEST_SOURCES.items()),
+    )
     ingest.add_argument("inputs", nargs="+", help="files or folders")
     ingest.add_argument("-o", "--output", required=True, help="output .zarr store")
-    ingest.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="reader option (repeatable)")
+    ingest.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="reader option (repeatable)"
+    )
     ingest.set_defaults(func=_cmd_ingest)
 
     demo = verbs.add_parser("demo-data", help="write demo input files in the real formats")
-    demo.add_argument("kind", choices=sorted(DEMO_KINDS), help="; ".join(f"{k}: {v}" for k, v in DEMO_KINDS.items()))
+    demo.add_argument(
+        "kind", choices=sorted(DEMO_KINDS), help="; ".join(f"{k}: {v}" for k, v in DEMO_KINDS.items())
+    )
     demo.add_argument("-o", "--output", required=True, help="output folder")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="generator option (repeatable)")
+    demo.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="generator option (repeatable)"
+    )
     demo.set_defaults(func=_cmd_demo_data)
 
     plugins = verbs.add_parser("plugins", help="list installed solvers, guidance and search methods")

@@ -54,7 +54,9 @@ def _fix_for(err: Any) -> str:
 def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """A validated deep copy of ``config`` with defaults filled in; ConfigError otherwise."""
     cfg = copy.deepcopy(config)
-    errors = sorted(_Validator(schema()).iter_errors(cfg), key=lambda e: (len(e.path), list(map(str, e.path))))
+    errors = sorted(
+        _Validator(schema()).iter_errors(cfg), key=lambda e: (len(e.path), list(map(str, e.path)))
+    )
     if errors:
         err = errors[0]
         where = ".".join(str(p) for p in err.path) or "(top level)"
@@ -70,7 +72,9 @@ def load_config(path: str | Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]}) (fix: correct the syntax)") from exc
+        raise ConfigError(
+            f"{p}: not valid YAML ({str(exc).splitlines()[0]}) (fix: correct the syntax)"
+        ) from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: top level must be a mapping (fix: write key: value pairs)")
     return validate_config(raw, str(p))
@@ -83,7 +87,9 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name!r} requested but CUDA is not available (fix: set device: auto or cpu)")
+        raise ConfigError(
+            f"device: {name!r} requested but CUDA is not available (fix: set device: auto or cpu)"
+        )
     return name
 
 

@@ -29,7 +29,9 @@ def plot_loss_curve(log: Sequence[tuple[int, float, float]], path: Path) -> Path
     return path
 
 
-def plot_case(panels: dict[str, np.ndarray], std: np.ndarray, title: str, path: Path, vmax: float | None = None) -> Path:
+def plot_case(
+    panels: dict[str, np.ndarray], std: np.ndarray, title: str, path: Path, vmax: float | None = None
+) -> Path:
     """One row: magnitude panels (truth, zero-filled, ..., mean), |error| and posterior std."""
     names = list(panels)
     vmax = vmax if vmax is not None else float(np.abs(panels[names[0]]).max())
@@ -55,7 +57,15 @@ def plot_case(panels: dict[str, np.ndarray], std: np.ndarray, title: str, path: 
     return path
 
 
-def plot_ads_case(entropy: np.ndarray, order: np.ndarray, masks: dict[str, np.ndarray], images: dict[str, np.ndarray], std: np.ndarray, title: str, path: Path) -> Path:
+def plot_ads_case(
+    entropy: np.ndarray,
+    order: np.ndarray,
+    masks: dict[str, np.ndarray],
+    images: dict[str, np.ndarray],
+    std: np.ndarray,
+    title: str,
+    path: Path,
+) -> Path:
     """ADS for one case: the mask growing (entropy per line at each acquisition, chosen line
     marked), the final masks of every strategy, and truth / ADS mean / ADS std / baselines."""
     n_img = len(images) + 1
@@ -69,7 +79,9 @@ def plot_ads_case(entropy: np.ndarray, order: np.ndarray, masks: dict[str, np.nd
     ax.set_ylabel("acquisition")
     ax.set_title("line entropy (x: acquired)", fontsize=8)
     ax = axes[1]
-    ax.imshow(np.stack(list(masks.values())).astype(float), aspect="auto", cmap="gray_r", interpolation="nearest")
+    ax.imshow(
+        np.stack(list(masks.values())).astype(float), aspect="auto", cmap="gray_r", interpolation="nearest"
+    )
     ax.set_yticks(range(len(masks)), list(masks), fontsize=7)
     ax.set_xlabel("k-space column")
     ax.set_title("final masks", fontsize=8)

@@ -32,7 +32,9 @@ def _setup(cfg: dict[str, Any]) -> str:
 def _method(cfg: dict[str, Any], name: str) -> dict[str, Any]:
     methods = {method_name(m): m for m in cfg["mri"]["sampling"]["methods"]}
     if name not in methods:
-        raise ConfigError(f"--method {name!r}: not in mri.sampling.methods (fix: use one of {', '.join(methods)})")
+        raise ConfigError(
+            f"--method {name!r}: not in mri.sampling.methods (fix: use one of {', '.join(methods)})"
+        )
     return methods[name]
 
 
@@ -48,8 +50,23 @@ def _cmd_train(args: argparse.Namespace) -> None:
     prior = mri["prior"]
     network = {"size": list(images.shape[-2:]), "channels": 2, **prior["network"]}
     train = TrainConfig(**prior["train"], seed=cfg["seed"])
-    info = {"source": str(args.data), "images": int(images.shape[0]), "normalisation": "q99 of the calibration-line image magnitude", "representation": "complex image as (real, imag) channels"}
-    train_prior(images, Path(args.output), network, VPSchedule(**prior["schedule"]), train, prior["clip"], info, device, progress=not args.quiet)
+    info = {
+        "source": str(args.data),
+        "images": int(images.shape[0]),
+        "normalisation": "q99 of the calibration-line image magnitude",
+        "representation": "complex image as (real, imag) channels",
+    }
+    train_prior(
+        images,
+        Path(args.output),
+        network,
+        VPSchedule(**prior["schedule"]),
+        train,
+        prior["clip"],
+        info,
+        device,
+        progress=not args.quiet,
+    )
     print(f"wrote {args.output}")
 
 
@@ -66,7 +83,17 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     cases = load_cases(Path(args.data), mri["data"]["center_fraction"], mri["data"]["cases"])
     start = time.perf_counter()
     record = {"step": "sample mri", "config": cfg, "data": str(args.data), "prior": str(args.prior)}
-    ds = reconstruct(cases, prior, args.acceleration, method, mri["sampling"], mri["data"]["center_fraction"], cfg["seed"], device, record)
+    ds = reconstruct(
+        cases,
+        prior,
+        args.acceleration,
+        method,
+        mri["sampling"],
+        mri["data"]["center_fraction"],
+        cfg["seed"],
+        device,
+        record,
+    )
     write_zarr(ds, Path(args.output))
     print(f"wrote {args.output} ({len(cases)} cases, {time.perf_counter() - start:.1f} s)")
 
@@ -80,9 +107,27 @@ def _cmd_ads(args: argparse.Namespace) -> None:
     device = _setup(cfg)
     prior = load_denoiser(Path(args.prior), device)
     cases, train, method, sampling = ads_inputs(cfg, Path(args.data), Path(args.train))
-    record = {"step": "ads", "config": cfg, "data": str(args.data), "train": str(args.train), "prior": str(args.prior)}
+    record = {
+        "step": "ads",
+        "config": cfg,
+        "data": str(args.data),
+        "train": str(args.train),
+        "prior": str(args.prior),
+    }
     start = time.perf_counter()
-    ds = run_ads(cases, train, prior, args.acceleration, method, sampling, cfg["ads"], cfg["mri"]["data"]["center_fraction"], cfg["seed"], device, record)
+    ds = run_ads(
+        cases,
+        train,
+        prior,
+        args.acceleration,
+        method,
+        sampling,
+        cfg["ads"],
+        cfg["mri"]["data"]["center_fraction"],
+        cfg["seed"],
+        device,
+        record,
+    )
     write_zarr(ds, Path(args.output))
     print(f"wrote {args.output} ({len(cases)} cases, {time.perf_counter() - start:.1f} s)")
 
@@ -103,7 +148,9 @@ def _cmd_ads_summarise(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from diffinv.tasks.evaluate import evaluate
 
-    table = evaluate([Path(s) for s in args.stores], Path(args.metrics), Path(args.figures) if args.figures else None)
+    table = evaluate(
+        [Path(s) for s in args.stores], Path(args.metrics), Path(args.figures) if args.figures else None
+    )
     print(table.groupby("reconstruction")[["psnr", "ssim", "nmse"]].mean().to_string())
 
 
@@ -139,7 +186,9 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     _add_config(p)
     p.set_defaults(func=_cmd_sample)
 
-    p = verbs.add_parser("ads", help="active diffusion subsampling of MRI k-space lines, with fixed-mask baselines")
+    p = verbs.add_parser(
+        "ads", help="active diffusion subsampling of MRI k-space lines, with fixed-mask baselines"
+    )
     p.add_argument("--data", required=True, help="ingested store to reconstruct (.zarr)")
     p.add_argument("--train", required=True, help="ingested training store (for the greedy fixed mask)")
     p.add_argument("--prior", required=True, help="checkpoint folder")

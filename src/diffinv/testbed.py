@@ -41,7 +41,9 @@ def random_matrix(obs_dim: int, dim: int, generator: torch.Generator) -> Tensor:
     return u[:, : s.numel()] @ torch.diag(s) @ v[:, : s.numel()].T
 
 
-def gmm_posterior(prior: GaussianMixtureDenoiser, matrix: Tensor, noise_std: float, y: Tensor) -> GaussianMixtureDenoiser:
+def gmm_posterior(
+    prior: GaussianMixtureDenoiser, matrix: Tensor, noise_std: float, y: Tensor
+) -> GaussianMixtureDenoiser:
     """Closed-form posterior of a mixture prior under y = A x + σ_y n (a mixture; Bishop 2006, Eq. 2.116).
 
     Component k: Σ'_k = (Σ_k⁻¹ + AᵀA/σ²)⁻¹, μ'_k = Σ'_k(Σ_k⁻¹μ_k + Aᵀy/σ²),
@@ -53,10 +55,14 @@ def gmm_posterior(prior: GaussianMixtureDenoiser, matrix: Tensor, noise_std: flo
     post_cov = 0.5 * (post_cov + post_cov.transpose(-1, -2))
     rhs = torch.linalg.solve(covs, prior.means[..., None])[..., 0] + (matrix.T @ y / noise_std**2)[None]
     post_means = torch.einsum("kij,kj->ki", post_cov, rhs)
-    marg_cov = matrix[None] @ covs @ matrix.T[None] + noise_std**2 * torch.eye(matrix.shape[0], dtype=torch.float64)
+    marg_cov = matrix[None] @ covs @ matrix.T[None] + noise_std**2 * torch.eye(
+        matrix.shape[0], dtype=torch.float64
+    )
     resid = y[None] - prior.means @ matrix.T
     loglik = torch.distributions.MultivariateNormal(torch.zeros_like(y), marg_cov).log_prob(resid)
-    return GaussianMixtureDenoiser(prior.schedule, torch.softmax(prior.log_weights + loglik, 0), post_means, post_cov)
+    return GaussianMixtureDenoiser(
+        prior.schedule, torch.softmax(prior.log_weights + loglik, 0), post_means, post_cov
+    )
 
 
 def tilt(mixture: GaussianMixtureDenoiser, direction: Tensor, lam: float) -> GaussianMixtureDenoiser:
@@ -84,17 +90,23 @@ class LinearGaussianProblem:
         return self.operator.noise_std
 
 
-def make_problem(dim: int, obs_dim: int, seed: int = 0, noise_std: float | None = None, schedule: VPSchedule | None = None) -> LinearGaussianProblem:
+def make_problem(
+    dim: int, obs_dim: int, seed: int = 0, noise_std: float | None = None, schedule: VPSchedule | None = None
+) -> LinearGaussianProblem:
     """A random instance; ``noise_std=None`` draws σ_y = U(0, 1)·max s as MCGdiff's benchmark does."""
     schedule = schedule or VPSchedule()
     g = torch.Generator().manual_seed(seed)
     prior = grid_prior(dim, schedule, seed)
     matrix = random_matrix(obs_dim, dim, g)
     if noise_std is None:
-        noise_std = float(torch.rand((), generator=g, dtype=torch.float64)) * float(torch.linalg.matrix_norm(matrix, 2))
+        noise_std = float(torch.rand((), generator=g, dtype=torch.float64)) * float(
+            torch.linalg.matrix_norm(matrix, 2)
+        )
     truth = prior.sample(1, g)[0]
     y = matrix @ truth + noise_std * torch.randn(obs_dim, generator=g, dtype=torch.float64)
-    return LinearGaussianProblem(prior, MatrixSVD(matrix, noise_std), y[None], truth, gmm_posterior(prior, matrix, noise_std, y))
+    return LinearGaussianProblem(
+        prior, MatrixSVD(matrix, noise_std), y[None], truth, gmm_posterior(prior, matrix, noise_std, y)
+    )
 
 
 def sliced_wasserstein(a: Tensor, b: Tensor, projections: int = 256, seed: int = 0) -> float:
@@ -104,11 +116,15 @@ def sliced_wasserstein(a: Tensor, b: Tensor, projections: int = 256, seed: int =
     compared through their empirical quantile functions on a common grid.
     """
     a, b = a.reshape(a.shape[0], -1).to(torch.float64), b.reshape(b.shape[0], -1).to(torch.float64)
-    dirs = torch.randn(a.shape[1], projections, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    dirs = torch.randn(
+        a.shape[1], projections, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
     dirs = dirs / dirs.norm(dim=0, keepdim=True)
     pa, pb = (a @ dirs).sort(0).values, (b @ dirs).sort(0).values
     if pa.shape[0] != pb.shape[0]:
-        q = (torch.arange(max(pa.shape[0], pb.shape[0]), dtype=torch.float64) + 0.5) / max(pa.shape[0], pb.shape[0])
+        q = (torch.arange(max(pa.shape[0], pb.shape[0]), dtype=torch.float64) + 0.5) / max(
+            pa.shape[0], pb.shape[0]
+        )
         pa, pb = _quantiles(pa, q), _quantiles(pb, q)
     return math.sqrt(float(((pa - pb) ** 2).mean()))
 
@@ -122,13 +138,23 @@ def _quantiles(sorted_values: Tensor, q: Tensor) -> Tensor:
     return sorted_values[lo] * (1 - frac) + sorted_values[hi] * frac
 
 
-def noise_floor(target: GaussianMixtureDenoiser, n: int, projections: int = 256, seed: int = 0, repeats: int = 3) -> float:
+def noise_floor(
+    target: GaussianMixtureDenoiser, n: int, projections: int = 256, seed: int = 0, repeats: int = 3
+) -> float:
     """Mean SW2 between independent exact sample sets of size ``n`` (what a perfect sampler scores)."""
     g = torch.Generator().manual_seed(10_000 + seed)
-    return sum(sliced_wasserstein(target.sample(n, g), target.sample(n, g), projections, seed) for _ in range(repeats)) / repeats
+    return (
+        sum(
+            sliced_wasserstein(target.sample(n, g), target.sample(n, g), projections, seed)
+            for _ in range(repeats)
+        )
+        / repeats
+    )
 
 
-def distance_to(target: GaussianMixtureDenoiser, samples: Tensor, projections: int = 256, seed: int = 0) -> float:
+def distance_to(
+    target: GaussianMixtureDenoiser, samples: Tensor, projections: int = 256, seed: int = 0
+) -> float:
     """SW2 between ``samples`` and as many fresh exact samples of ``target``."""
     exact = target.sample(samples.shape[0], torch.Generator().manual_seed(20_000 + seed))
     return sliced_wasserstein(samples, exact, projections, seed)

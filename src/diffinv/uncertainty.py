@@ -34,7 +34,9 @@ class HallucinationScore:
         return stack.var(dim=0).reshape(stack.shape[1], -1).mean(1)
 
 
-def interval_coverage(samples: np.ndarray, truth: np.ndarray, levels: tuple[float, ...] = (0.5, 0.9, 0.95), axis: int = 0) -> dict[float, float]:
+def interval_coverage(
+    samples: np.ndarray, truth: np.ndarray, levels: tuple[float, ...] = (0.5, 0.9, 0.95), axis: int = 0
+) -> dict[float, float]:
     """Fraction of truth pixels inside the central posterior interval at each level.
 
     Intervals are empirical quantiles of ``samples`` along ``axis`` (the sample axis).
@@ -48,12 +50,16 @@ def interval_coverage(samples: np.ndarray, truth: np.ndarray, levels: tuple[floa
     return out
 
 
-def error_vs_std(mean: np.ndarray, std: np.ndarray, truth: np.ndarray, bins: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def error_vs_std(
+    mean: np.ndarray, std: np.ndarray, truth: np.ndarray, bins: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
     """Binned calibration: per std-quantile bin, (mean predicted std, RMS error)."""
     err = np.abs(mean - truth).ravel()
     s = std.ravel()
     edges = np.unique(np.quantile(s, np.linspace(0, 1, bins + 1)))
     which = np.clip(np.digitize(s, edges[1:-1]), 0, len(edges) - 2)
     pred = np.array([s[which == b].mean() for b in range(len(edges) - 1) if (which == b).any()])
-    rmse = np.array([np.sqrt((err[which == b] ** 2).mean()) for b in range(len(edges) - 1) if (which == b).any()])
+    rmse = np.array(
+        [np.sqrt((err[which == b] ** 2).mean()) for b in range(len(edges) - 1) if (which == b).any()]
+    )
     return pred, rmse

@@ -7,8 +7,17 @@ from diffinv.diffusion.schedule import VPSchedule
 
 def _gmm(rng, k=3, d=4, full=True):
     a = torch.randn(k, d, d, dtype=torch.float64, generator=rng)
-    covs = a @ a.transpose(-1, -2) / d + 0.1 * torch.eye(d, dtype=torch.float64) if full else torch.rand(k, dtype=torch.float64, generator=rng) + 0.1
-    return GaussianMixtureDenoiser(VPSchedule(), torch.tensor([0.2, 0.3, 0.5]), 3 * torch.randn(k, d, dtype=torch.float64, generator=rng), covs)
+    covs = (
+        a @ a.transpose(-1, -2) / d + 0.1 * torch.eye(d, dtype=torch.float64)
+        if full
+        else torch.rand(k, dtype=torch.float64, generator=rng) + 0.1
+    )
+    return GaussianMixtureDenoiser(
+        VPSchedule(),
+        torch.tensor([0.2, 0.3, 0.5]),
+        3 * torch.randn(k, d, dtype=torch.float64, generator=rng),
+        covs,
+    )
 
 
 def test_single_gaussian_denoiser_is_the_linear_posterior_mean(rng):

@@ -13,7 +13,16 @@ NET = {"size": [16, 16], "channels": 2, "widths": [8, 16], "layers_per_block": 1
 
 def test_training_writes_a_checkpoint_that_round_trips(tmp_path):
     images = torch.randn(64, 2, 16, 16) * 0.3
-    denoiser = train_prior(images, tmp_path, NET, VPSchedule(), TrainConfig(steps=20, batch_size=8, warmup=2, log_every=5), 2.0, {"test": True}, progress=False)
+    denoiser = train_prior(
+        images,
+        tmp_path,
+        NET,
+        VPSchedule(),
+        TrainConfig(steps=20, batch_size=8, warmup=2, log_every=5),
+        2.0,
+        {"test": True},
+        progress=False,
+    )
     assert (tmp_path / "loss.png").stat().st_size > 0
     assert (tmp_path / "loss.csv").read_text().startswith("step,loss")
     loaded = load_denoiser(tmp_path)
@@ -28,9 +37,17 @@ def test_training_writes_a_checkpoint_that_round_trips(tmp_path):
 def test_checkpoint_errors_name_the_file_and_fix(tmp_path):
     with pytest.raises(InputError, match="config.json.*checkpoint config missing"):
         load_denoiser(tmp_path)
-    save_checkpoint(tmp_path, build_unet(**NET), {"network": {**NET, "widths": [8, 32]}, "prediction": "epsilon", "schedule": {}})
+    save_checkpoint(
+        tmp_path,
+        build_unet(**NET),
+        {"network": {**NET, "widths": [8, 32]}, "prediction": "epsilon", "schedule": {}},
+    )
     (tmp_path / "model.safetensors").unlink()
-    save_checkpoint(tmp_path, build_unet(**NET), {"network": {**NET, "widths": [8, 32]}, "prediction": "epsilon", "schedule": {}})
+    save_checkpoint(
+        tmp_path,
+        build_unet(**NET),
+        {"network": {**NET, "widths": [8, 32]}, "prediction": "epsilon", "schedule": {}},
+    )
     with pytest.raises(InputError, match="do not match"):
         load_denoiser(tmp_path)
     (tmp_path / "config.json").write_text("{not json")

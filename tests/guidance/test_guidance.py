@@ -25,7 +25,9 @@ def _run(guidance_name, solver_name, n=4000, steps=40, **options):
     y = torch.tensor([[2.0, -1.5]], dtype=torch.float64).expand(n, 2)
     guidance = make_guidance(guidance_name, op, y, **options)
     noise = PerSampleNoise(range(n))
-    x = sample(make_solver(solver_name, s), guidance(prior), noise.randn((4,), torch.float64), s.grid(steps), noise)
+    x = sample(
+        make_solver(solver_name, s), guidance(prior), noise.randn((4,), torch.float64), s.grid(steps), noise
+    )
     return x, mu[0], y[0]
 
 
@@ -92,7 +94,9 @@ def test_ddrm_kernel_samples_the_posterior_of_a_separable_gaussian():
 def test_gaussian_score_sums_modalities():
     """Two identical observations with noise σ are one observation with noise σ/√2."""
     s = VPSchedule()
-    prior = GaussianMixtureDenoiser(s, torch.ones(2), torch.tensor([[0.0, 1, 2, 3], [1, 0, -1, 2]], dtype=torch.float64))
+    prior = GaussianMixtureDenoiser(
+        s, torch.ones(2), torch.tensor([[0.0, 1, 2, 3], [1, 0, -1, 2]], dtype=torch.float64)
+    )
     op, y = Select(2), torch.tensor([[0.5, -0.5]], dtype=torch.float64)
     two = make_guidance("gaussian_score", op, y, noise_std=0.2, terms=[(op, y, 0.2, 1.0)])(prior)
     one = make_guidance("gaussian_score", op, y, noise_std=0.2 / 2**0.5, gamma=0.5e-2)(prior)
@@ -114,7 +118,9 @@ def test_diffpir_step_with_zero_zeta_is_ddim():
 def test_alpha_power_scales_the_correction_by_alpha_to_the_power(name, power):
     """The damped ΠGDM / DPS correction is exactly α_t^k times the Tweedie correction (k = alpha_power)."""
     s = VPSchedule()
-    prior = GaussianMixtureDenoiser(s, torch.ones(1), torch.tensor([[0.5, -0.5, 1.0, 0.0]], dtype=torch.float64), torch.tensor([1.0]))
+    prior = GaussianMixtureDenoiser(
+        s, torch.ones(1), torch.tensor([[0.5, -0.5, 1.0, 0.0]], dtype=torch.float64), torch.tensor([1.0])
+    )
     y = torch.tensor([[2.0, -1.5]], dtype=torch.float64).expand(3, 2)
     x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     t = torch.full((3,), 0.6, dtype=torch.float64)

@@ -20,7 +20,20 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def snakemake(workdir: Path, *args: str, extra_config: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
     configs = [str(ROOT / "tests/integration/tiny.yaml")] + ([str(extra_config)] if extra_config else [])
-    cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores", "2", "--workflow-profile", str(ROOT / "workflow/profiles/default"), *args, "--configfile", *configs]
+    cmd = [
+        str(BIN / "snakemake"),
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--cores",
+        "2",
+        "--workflow-profile",
+        str(ROOT / "workflow/profiles/default"),
+        *args,
+        "--configfile",
+        *configs,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
 
 
@@ -36,13 +49,30 @@ def run(tmp_path_factory):
 def test_dag_writes_posteriors_following_the_zarr_contract(run):
     for method in ("dpmpp_2m-dds", "ddim-dps"):
         ds = open_zarr(run / f"results/mri/tiny/4x/{method}/posterior.zarr")
-        assert ds["samples"].dims == ("case", "sample", "y", "x") and ds.sizes["sample"] == 4 and ds.sizes["case"] == 2
-        for var in ("mean", "std", "truth", "mask", "zero_filled", "no_prior", "hallucination_score", "relative_residual"):
+        assert (
+            ds["samples"].dims == ("case", "sample", "y", "x")
+            and ds.sizes["sample"] == 4
+            and ds.sizes["case"] == 2
+        )
+        for var in (
+            "mean",
+            "std",
+            "truth",
+            "mask",
+            "zero_filled",
+            "no_prior",
+            "hallucination_score",
+            "relative_residual",
+        ):
             assert var in ds, var
         assert ds["y"].attrs["units"] == "pixel" and "long_name" in ds["std"].attrs
         prov = get_provenance(ds)
         assert prov["config"]["mri"]["dataset"] == "tiny" and prov["nfe"] > 0 and prov["wall_time_s"] > 0
-        assert prov["method"]["solver"] == method.split("-")[0] and prov["device"] == "cpu" and prov["git_commit"]
+        assert (
+            prov["method"]["solver"] == method.split("-")[0]
+            and prov["device"] == "cpu"
+            and prov["git_commit"]
+        )
         figures = sorted((run / f"results/mri/tiny/4x/{method}/figures").glob("*.png"))
         assert len(figures) == 2
     summary = pd.read_csv(run / "results/mri/tiny/summary.csv")
@@ -51,7 +81,13 @@ def test_dag_writes_posteriors_following_the_zarr_contract(run):
     assert (run / "results/mri/tiny/prior/loss.png").stat().st_size > 0
     ads = open_zarr(run / "results/ads/tiny/4x/ads.zarr")
     assert ads["samples"].dims == ("strategy", "case", "sample", "y", "x") and "acquisition_order" in ads
-    assert set(pd.read_csv(run / "results/ads/tiny/summary.csv")["strategy"]) == {"ads", "random", "equispaced", "variable_density", "greedy"}
+    assert set(pd.read_csv(run / "results/ads/tiny/summary.csv")["strategy"]) == {
+        "ads",
+        "random",
+        "equispaced",
+        "variable_density",
+        "greedy",
+    }
     assert len(list((run / "results/ads/tiny/4x/figures").glob("*.png"))) == 1
     for source in ("era5", "igra", "ct"):
         assert get_provenance(open_zarr(run / f"results/data/{source}.zarr"))
@@ -66,9 +102,19 @@ def test_rerun_reuses_everything_and_report_builds(run):
 
 
 def test_lint_and_format_are_clean():
-    lint = subprocess.run([str(BIN / "snakemake"), "--lint", "-s", str(ROOT / "Snakefile"), "-d", str(ROOT)], capture_output=True, text=True, timeout=300)
+    lint = subprocess.run(
+        [str(BIN / "snakemake"), "--lint", "-s", str(ROOT / "Snakefile"), "-d", str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert lint.returncode == 0, lint.stdout[-3000:] + lint.stderr[-3000:]
-    fmt = subprocess.run([str(BIN / "snakefmt"), "--check", str(ROOT / "Snakefile"), str(ROOT / "workflow/rules")], capture_output=True, text=True, timeout=120)
+    fmt = subprocess.run(
+        [str(BIN / "snakefmt"), "--check", str(ROOT / "Snakefile"), str(ROOT / "workflow/rules")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert fmt.returncode == 0, fmt.stderr[-3000:]
 
 
@@ -90,7 +136,9 @@ def test_uncertainty_notebook_runs_headless_on_the_dag_output(run):
     nb = nbformat.read(ROOT / "notebooks/uncertainty.ipynb", as_version=4)
     os.environ["DIFFINV_POSTERIOR"] = str(run / "results/mri/tiny/4x/dpmpp_2m-dds/posterior.zarr")
     try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+        NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+        ).execute()
     finally:
         del os.environ["DIFFINV_POSTERIOR"]
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
@@ -102,4 +150,7 @@ def test_bad_config_stops_the_workflow_with_the_key_named(tmp_path):
     bad.write_text("mri:\n  sampling:\n    stepz: 3\n")
     dry = snakemake(tmp_path, "--dry-run", extra_config=bad)
     assert dry.returncode != 0
-    assert "mri.sampling: Additional properties are not allowed ('stepz' was unexpected)" in dry.stdout + dry.stderr
+    assert (
+        "mri.sampling: Additional properties are not allowed ('stepz' was unexpected)"
+        in dry.stdout + dry.stderr
+    )

@@ -21,7 +21,9 @@ DIAD = "ct/httomo_k11_diad/k11-18014.nxs"
 
 @pytest.fixture(scope="module")
 def demo_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    return demo_ct.write_demo(tmp_path_factory.mktemp("ct"), seed=2, volumes=2, slices=4, size=32, angles=30, samples_per_file=4)
+    return demo_ct.write_demo(
+        tmp_path_factory.mktemp("ct"), seed=2, volumes=2, slices=4, size=32, angles=30, samples_per_file=4
+    )
 
 
 def _layout(ds: xr.Dataset) -> None:
@@ -64,7 +66,9 @@ def test_diamond_nexus_scan(real_data: Path, tmp_path: Path) -> None:
         frame = data[np.flatnonzero(key == 0)[10]].astype(float)
         flat = data[np.flatnonzero(key == 1)].astype(float).mean(0)
         dark = data[np.flatnonzero(key == 2)].astype(float).mean(0)
-    np.testing.assert_allclose(ds["sinogram"].values[:, 10, :], -np.log((frame - dark) / (flat - dark)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        ds["sinogram"].values[:, 10, :], -np.log((frame - dark) / (flat - dark)), rtol=1e-5, atol=1e-6
+    )
 
 
 # --- demo files ----------------------------------------------------------------------------------
@@ -72,7 +76,9 @@ def test_diamond_nexus_scan(real_data: Path, tmp_path: Path) -> None:
 
 def test_demo_lodopab_round_trip(demo_files: list[Path], tmp_path: Path) -> None:
     assert [p.name for p in demo_files] == ["observation_test_000.hdf5", "observation_test_001.hdf5"]
-    ds = xr.open_zarr(ingest([demo_files[0].parent], tmp_path / "ct.zarr"), consolidated=False).load()  # folder: observations, truth beside
+    ds = xr.open_zarr(
+        ingest([demo_files[0].parent], tmp_path / "ct.zarr"), consolidated=False
+    ).load()  # folder: observations, truth beside
     _layout(ds)
     assert dict(ds.sizes) == {"projection": 8, "angle": 30, "detector": 2 * 23 + 1, "y": 32, "x": 32}
     np.testing.assert_allclose(ds["angle"].values, (np.arange(30) + 0.5) * np.pi / 30)
@@ -134,7 +140,9 @@ def test_unknown_layouts(tmp_path: Path) -> None:
         entry = f.create_group("entry")
         entry.attrs["NX_class"] = "NXentry"
         entry["data"] = np.zeros((5, 2, 2))
-    with pytest.raises(InputError, match=r"scan\.nxs: unknown layout: no 3D frame stack with a matching image_key"):
+    with pytest.raises(
+        InputError, match=r"scan\.nxs: unknown layout: no 3D frame stack with a matching image_key"
+    ):
         read_ct(tmp_path / "scan.nxs")
     (tmp_path / "notes.txt").write_text("no projections here")
     with pytest.raises(InputError, match=r"notes\.txt: unknown format"):

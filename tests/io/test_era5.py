@@ -50,7 +50,10 @@ def test_uk_grib(real_data: Path, tmp_path: Path) -> None:
     _schema(ds)
     assert dict(ds.sizes) == {"time": 744, "latitude": 33, "longitude": 49}
     assert (np.diff(ds["time"].values) == np.timedelta64(1, "h")).all()
-    assert str(ds["time"].values[0])[:19] == "2019-03-01T00:00:00" and str(ds["time"].values[-1])[:19] == "2019-03-31T23:00:00"
+    assert (
+        str(ds["time"].values[0])[:19] == "2019-03-01T00:00:00"
+        and str(ds["time"].values[-1])[:19] == "2019-03-31T23:00:00"
+    )
     assert ds["latitude"].values[[0, -1]].tolist() == [50.0, 58.0]
     assert ds["longitude"].values[[0, -1]].tolist() == [-10.0, 2.0]
     assert ds["t2m"].attrs["units"] == "K"
@@ -71,7 +74,10 @@ def test_cds_netcdf_packed(real_data: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(ds["t2m"].sel(latitude=40.0, longitude=20.0).values, decoded, rtol=1e-6)
     assert read_era5(files[1], lon_convention="0..360")["longitude"].values[[0, -1]].tolist() == [0.0, 340.0]
     store = xr.open_zarr(ingest(files, tmp_path / "2t.zarr"), consolidated=False)
-    assert [str(t)[:13] for t in store["time"].values] == ["2021-03-01T12", "2021-03-02T12"]  # ordered by time
+    assert [str(t)[:13] for t in store["time"].values] == [
+        "2021-03-01T12",
+        "2021-03-02T12",
+    ]  # ordered by time
     assert store["t2m"].dtype == np.float32
 
 
@@ -88,7 +94,9 @@ def test_era_interim_legacy_levels_and_month_axis(real_data: Path) -> None:
     assert sub["latitude"].values[[0, -1]].tolist() == [30.0, 60.0]
     assert sub["longitude"].values[[0, -1]].tolist() == [-30.0, 39.75]
     raw = _open(path)["u"].isel(month=1).sel(level=500, latitude=45.0, longitude=9.75).values
-    np.testing.assert_allclose(sub["u"].isel(time=1).sel(latitude=45.0, longitude=9.75).values, raw, rtol=1e-6)
+    np.testing.assert_allclose(
+        sub["u"].isel(time=1).sel(latitude=45.0, longitude=9.75).values, raw, rtol=1e-6
+    )
     january, july = (float(sub["u"].isel(time=k).mean()) for k in (0, 1))
     assert 5 < july < january < 25  # mid-latitude westerlies at 500 hPa, stronger in winter
 
@@ -112,7 +120,9 @@ def test_demo_new_cds_layout_round_trip(demo_files: list[Path], tmp_path: Path) 
     raw = _open(demo_files[0], decode_times=False)
     assert {"valid_time", "pressure_level", "number", "expver"} <= set(raw.variables)
     assert raw["valid_time"].attrs["units"] == "seconds since 1970-01-01" and raw["expver"].dtype.kind in "OU"
-    store = xr.open_zarr(ingest([demo_files[0].parent], tmp_path / "demo.zarr"), consolidated=False).load()  # a folder of files
+    store = xr.open_zarr(
+        ingest([demo_files[0].parent], tmp_path / "demo.zarr"), consolidated=False
+    ).load()  # a folder of files
     truth = demo_era5.synthetic_atmosphere(1)
     _schema(store)
     assert store.sizes["time"] == 16 and store["expver"].values.tolist() == [1] * 16
@@ -131,14 +141,27 @@ def test_demo_new_cds_layout_round_trip(demo_files: list[Path], tmp_path: Path) 
 
 def test_arco_style_zarr_with_selection(tmp_path: Path) -> None:
     fields = demo_era5.synthetic_atmosphere(0, lon=[0, 30])
-    arco = fields.rename(t="temperature", z="geopotential").drop_vars(["u", "v", "q"]).isel(latitude=slice(None, None, -1))
+    arco = (
+        fields.rename(t="temperature", z="geopotential")
+        .drop_vars(["u", "v", "q"])
+        .isel(latitude=slice(None, None, -1))
+    )
     arco.to_zarr(tmp_path / "arco.zarr", zarr_format=3, consolidated=False)
-    ds = read_era5(tmp_path / "arco.zarr", time=["2020-01-02", "2020-01-02T18"], lon=[5, 10], lon_convention="0..360").load()
+    ds = read_era5(
+        tmp_path / "arco.zarr", time=["2020-01-02", "2020-01-02T18"], lon=[5, 10], lon_convention="0..360"
+    ).load()
     _schema(ds, np.floating)
     assert sorted(ds.data_vars) == ["t", "z"]
-    assert [str(t)[:13] for t in ds["time"].values] == ["2020-01-02T00", "2020-01-02T06", "2020-01-02T12", "2020-01-02T18"]
+    assert [str(t)[:13] for t in ds["time"].values] == [
+        "2020-01-02T00",
+        "2020-01-02T06",
+        "2020-01-02T12",
+        "2020-01-02T18",
+    ]
     assert ds["longitude"].values.tolist() == [5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
-    np.testing.assert_array_equal(ds["t"].values, fields["t"].sel(time=ds["time"], longitude=ds["longitude"]).values)
+    np.testing.assert_array_equal(
+        ds["t"].values, fields["t"].sel(time=ds["time"], longitude=ds["longitude"]).values
+    )
 
 
 def test_ensemble_member_axis(tmp_path: Path) -> None:
@@ -161,7 +184,9 @@ def test_truncated_netcdf(demo_files: list[Path], tmp_path: Path) -> None:
 
 
 def test_missing_variable_and_level(demo_files: list[Path], tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"era5_pl_0\.nc: variable 'msl' not in the file \(has t, z, u, v, q\)"):
+    with pytest.raises(
+        InputError, match=r"era5_pl_0\.nc: variable 'msl' not in the file \(has t, z, u, v, q\)"
+    ):
         ingest(demo_files, tmp_path / "out.zarr", variables=["t", "msl"])
     with pytest.raises(InputError, match=r"level 600 hPa not in the file"):
         read_era5(demo_files[0], levels=[500, 600])

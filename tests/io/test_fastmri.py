@@ -13,7 +13,9 @@ from diffinv.io.store import get_provenance, open_zarr
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("fastmri")
-    write_demo(root, seed=1, size=16, coils=3, slices_per_volume=2, train_volumes=2, val_volumes=1, test_volumes=1)
+    write_demo(
+        root, seed=1, size=16, coils=3, slices_per_volume=2, train_volumes=2, val_volumes=1, test_volumes=1
+    )
     return root
 
 
@@ -67,7 +69,10 @@ def test_bad_inputs_name_the_file_and_write_nothing(demo, tmp_path):
     cases = {
         "missing.h5": (None, "no such file"),
         "corrupt.h5": (b"not an hdf5 file", "not a readable HDF5"),
-        "renamed.h5": ({"kspac": good_k, "ismrmrd_header": header}, "no 'kspace' dataset \\(found: ismrmrd_header, kspac\\)"),
+        "renamed.h5": (
+            {"kspac": good_k, "ismrmrd_header": header},
+            "no 'kspace' dataset \\(found: ismrmrd_header, kspac\\)",
+        ),
         "real.h5": ({"kspace": np.ones((1, 32, 16), np.float32), "ismrmrd_header": header}, "dtype float32"),
         "nan.h5": ({"kspace": good_k * np.nan, "ismrmrd_header": header}, "NaN"),
         "noheader.h5": ({"kspace": good_k}, "ismrmrd_header"),
@@ -87,12 +92,23 @@ def test_bad_inputs_name_the_file_and_write_nothing(demo, tmp_path):
 
 
 def test_single_coil_layout_round_trips(tmp_path):
-    write_demo(tmp_path, seed=0, size=16, coils=1, slices_per_volume=2, train_volumes=0, val_volumes=1, test_volumes=1)
+    write_demo(
+        tmp_path,
+        seed=0,
+        size=16,
+        coils=1,
+        slices_per_volume=2,
+        train_volumes=0,
+        val_volumes=1,
+        test_volumes=1,
+    )
     with h5py.File(tmp_path / "val" / "file_demo_val_0000.h5") as f:
         assert f["kspace"].shape == (2, 32, 16) and "reconstruction_esc" in f
     ds = read_file(tmp_path / "val" / "file_demo_val_0000.h5")
     assert ds["kspace"].shape == (2, 1, 16, 16)
-    img = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(ds["kspace"].values[:, 0], axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+    img = np.fft.fftshift(
+        np.fft.ifft2(np.fft.ifftshift(ds["kspace"].values[:, 0], axes=(-2, -1)), norm="ortho"), axes=(-2, -1)
+    )
     np.testing.assert_allclose(np.abs(img), ds["target"].values, rtol=1e-4, atol=1e-5)
     test = read_file(tmp_path / "test" / "file_demo_test_0000.h5")
     assert 2 <= test["mask"].values[0].sum() < 16

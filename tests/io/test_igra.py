@@ -58,7 +58,12 @@ def test_vienna_facts(real_data: Path) -> None:
     assert float(first["dewpoint_depression"]) == pytest.approx(2.2)
     assert float(first["wind_speed"]) == pytest.approx(5.0)
     # "10 -9999   7000 18010B-8888 -9999 -8888   305   390": removed by QA (-8888) becomes NaN
-    hit = (ds["pressure"] == 70.0) & (ds["geopotential_height"] == 18010) & (ds["wind_direction"] == 305) & (ds["wind_speed"] == 39.0)
+    hit = (
+        (ds["pressure"] == 70.0)
+        & (ds["geopotential_height"] == 18010)
+        & (ds["wind_direction"] == 305)
+        & (ds["wind_speed"] == 39.0)
+    )
     assert int(hit.sum()) == 1
     assert bool((hit & ds["temperature"].isnull() & ds["dewpoint_depression"].isnull()).any())
     # padding beyond each sounding's count
@@ -73,7 +78,9 @@ def test_vienna_ingest_matches_reader_and_selects(real_data: Path, tmp_path: Pat
     xr.testing.assert_identical(store.drop_attrs(), read_igra(path).drop_attrs())
     assert get_provenance(store)["source_files"] == [str(path)]
     march = read_igra(path, time=["2015-03-01", "2015-03-31T23"], lat=[45, 50], lon=[10, 20])
-    assert march.sizes["sounding"] == int(((store["time"] >= np.datetime64("2015-03-01")) & (store["time"] < np.datetime64("2015-04-01"))).sum())
+    assert march.sizes["sounding"] == int(
+        ((store["time"] >= np.datetime64("2015-03-01")) & (store["time"] < np.datetime64("2015-04-01"))).sum()
+    )
     with pytest.raises(InputError, match="no soundings selected"):
         ingest([path], tmp_path / "none.zarr", lon=[100, 120])
     assert not (tmp_path / "none.zarr").exists()
@@ -95,14 +102,18 @@ def test_demo_round_trip(demo_files: list[Path], tmp_path: Path) -> None:
     ds = xr.open_zarr(out, consolidated=False).load()
     fields = synthetic_atmosphere(3)
     assert ds.sizes["sounding"] == 4 * 8  # 4 stations x (00, 12 UTC) of 4 days
-    assert ((ds["latitude"] > 35) & (ds["latitude"] < 65) & (ds["longitude"] > -15) & (ds["longitude"] < 25)).all()
+    assert (
+        (ds["latitude"] > 35) & (ds["latitude"] < 65) & (ds["longitude"] > -15) & (ds["longitude"] < 25)
+    ).all()
     # the standard 500 hPa level against the fields it was sampled from (noise 0.3 K, 5 m)
     at500 = ds["pressure"] == 500.0
     assert int(at500.sum()) == ds.sizes["sounding"]
     t_obs = ds["temperature"].where(at500).max("level").values
     z_obs = ds["geopotential_height"].where(at500).max("level").values
     where = {k: xr.DataArray(ds[k].values, dims="sounding") for k in ("latitude", "longitude", "time")}
-    col = fields.sel(level=500.0, time=where["time"]).interp(latitude=where["latitude"], longitude=where["longitude"])
+    col = fields.sel(level=500.0, time=where["time"]).interp(
+        latitude=where["latitude"], longitude=where["longitude"]
+    )
     ok = ~np.isnan(t_obs)  # a few temperatures are removed by QA (-8888)
     assert ok.sum() > 25
     assert np.sqrt(np.mean((t_obs - col["t"].values)[ok] ** 2)) < 1.0
@@ -124,8 +135,13 @@ def test_demo_derived_files(demo_files: list[Path]) -> None:
 
 def test_derived_coordinates_from_station_list(demo_files: list[Path], tmp_path: Path) -> None:
     listing = tmp_path / "igra2-station-list.txt"
-    listing.write_text("ZZM00090001  45.0000   10.0000  100.0    DEMO STATION\n" + "".join(f"ZZM0009000{k}  50.0000   20.0000  100.0    DEMO\n" for k in (2, 3, 4)))
-    ds = _quiet_read([p for p in demo_files if p.name.endswith("-drvd.txt")], station_list=listing, lat=[44, 46])
+    listing.write_text(
+        "ZZM00090001  45.0000   10.0000  100.0    DEMO STATION\n"
+        + "".join(f"ZZM0009000{k}  50.0000   20.0000  100.0    DEMO\n" for k in (2, 3, 4))
+    )
+    ds = _quiet_read(
+        [p for p in demo_files if p.name.endswith("-drvd.txt")], station_list=listing, lat=[44, 46]
+    )
     assert set(ds["station"].values) == {"ZZM00090001"}
     np.testing.assert_allclose(ds["latitude"].values, 45.0)
 
@@ -161,7 +177,10 @@ def test_level_count_mismatch(demo_files: list[Path], tmp_path: Path) -> None:
     del lines[2]
     bad = tmp_path / "short-data.txt"
     bad.write_text("\n".join(lines) + "\n")
-    with pytest.raises(InputError, match=r"short-data\.txt, line 1: header declares \d+ levels but the next header comes after"):
+    with pytest.raises(
+        InputError,
+        match=r"short-data\.txt, line 1: header declares \d+ levels but the next header comes after",
+    ):
         read_igra(bad)
 
 

@@ -5,12 +5,25 @@ import pytest
 import xarray as xr
 
 from diffinv.errors import InputError
-from diffinv.io.store import atomic_path, create_zarr, get_provenance, open_zarr, provenance, set_provenance, write_zarr
+from diffinv.io.store import (
+    atomic_path,
+    create_zarr,
+    get_provenance,
+    open_zarr,
+    provenance,
+    set_provenance,
+    write_zarr,
+)
 
 
 def _ds():
     ds = xr.Dataset(
-        {"samples": (("case", "sample", "y", "x"), (np.arange(24).reshape(1, 2, 3, 4) * (1 + 1j)).astype(np.complex64))},
+        {
+            "samples": (
+                ("case", "sample", "y", "x"),
+                (np.arange(24).reshape(1, 2, 3, 4) * (1 + 1j)).astype(np.complex64),
+            )
+        },
         coords={"case": ["file.h5:0"], "y": ("y", np.arange(3), {"units": "pixel"})},
     )
     return set_provenance(ds, provenance(config={"a": {"b": 1}}, seed=3, nfe=20))

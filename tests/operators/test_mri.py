@@ -49,14 +49,21 @@ def test_estimated_sensitivities_recover_smooth_maps(rng):
     """Maps estimated from 12 calibration lines match the true (normalised) smooth maps."""
     h = w = 32
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-    true = torch.stack([torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2)) * torch.exp(1j * (cx * xx)) for cy, cx in [(-1, 0), (1, 0), (0, 1), (0, -1)]])
+    true = torch.stack(
+        [
+            torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2)) * torch.exp(1j * (cx * xx))
+            for cy, cx in [(-1, 0), (1, 0), (0, 1), (0, -1)]
+        ]
+    )
     true = true / (true.abs() ** 2).sum(0).sqrt()
     image = torch.ones(h, w, dtype=torch.complex64)
     kspace = fft2c(true * image)
     est = estimate_sensitivities(kspace, 12)
     assert torch.allclose((est.abs() ** 2).sum(0), torch.ones(h, w), atol=1e-4)
     inner_region = (slice(6, 26), slice(6, 26))
-    assert (est[:, inner_region[0], inner_region[1]] - true[:, inner_region[0], inner_region[1]]).abs().max() < 0.05
+    assert (
+        est[:, inner_region[0], inner_region[1]] - true[:, inner_region[0], inner_region[1]]
+    ).abs().max() < 0.05
 
 
 @pytest.mark.parametrize("kind", ["singlecoil", "multicoil"])
@@ -82,7 +89,9 @@ def test_conjugate_gradient_solves_each_sample_independently(rng):
     b = torch.randn(2, n, dtype=torch.float64, generator=rng)
     x = conjugate_gradient(lambda v: torch.einsum("bij,bj->bi", spd, v), b, torch.zeros_like(b), steps=n)
     assert torch.allclose(x, torch.linalg.solve(spd, b), atol=1e-8)
-    x0 = conjugate_gradient(lambda v: torch.einsum("ij,bj->bi", spd[0], v), b[:1], torch.zeros_like(b[:1]), steps=3)
+    x0 = conjugate_gradient(
+        lambda v: torch.einsum("ij,bj->bi", spd[0], v), b[:1], torch.zeros_like(b[:1]), steps=3
+    )
     both = conjugate_gradient(lambda v: torch.einsum("ij,bj->bi", spd[0], v), b, torch.zeros_like(b), steps=3)
     assert torch.allclose(both[:1], x0, atol=1e-12), "a sample's CG must not depend on the batch"
     assert inner(b, b).shape == (2,)

@@ -22,7 +22,10 @@ def _cases(rng):
     }
 
 
-@pytest.mark.parametrize("name", ["matrix_wide", "matrix_tall", "inpainting", "fourier_1d_mask", "fourier_2d_mask", "block_average"])
+@pytest.mark.parametrize(
+    "name",
+    ["matrix_wide", "matrix_tall", "inpainting", "fourier_1d_mask", "fourier_2d_mask", "block_average"],
+)
 def test_svd_operator_is_consistent_on_odd_shapes(name, rng):
     op, shape = _cases(rng)[name]
     x = torch.randn((2,) + shape, generator=rng, dtype=torch.float64)

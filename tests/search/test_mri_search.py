@@ -9,7 +9,16 @@ from diffinv.diffusion.schedule import VPSchedule
 from diffinv.operators.mri import fft2c
 from diffinv.tasks.mri import MRICase, reconstruct, reconstruct_case
 
-SAMPLING = {"mask": {"kind": "random"}, "steps": 4, "grid": "logsnr", "samples": 3, "batch_size": 2, "hallucination_steps": 2, "final_dc": False, "no_prior_iterations": 3}
+SAMPLING = {
+    "mask": {"kind": "random"},
+    "steps": 4,
+    "grid": "logsnr",
+    "samples": 3,
+    "batch_size": 2,
+    "hallucination_steps": 2,
+    "final_dc": False,
+    "no_prior_iterations": 3,
+}
 
 
 def _case():
@@ -24,9 +33,16 @@ def _prior():
     return GaussianMixtureDenoiser(VPSchedule(), torch.ones(2), means)
 
 
-@pytest.mark.parametrize("search,options", [("smc", {"particles": 2}), ("best_of_n", {"n": 2}), ("mcgdiff", {"particles": 2})])
+@pytest.mark.parametrize(
+    "search,options", [("smc", {"particles": 2}), ("best_of_n", {"n": 2}), ("mcgdiff", {"particles": 2})]
+)
 def test_reconstruct_case_uses_the_search_by_name(search, options):
-    method = {"solver": "ddpm", "guidance": "none" if search == "mcgdiff" else "dds", "search": search, "search_options": options}
+    method = {
+        "solver": "ddpm",
+        "guidance": "none" if search == "mcgdiff" else "dds",
+        "search": search,
+        "search_options": options,
+    }
     out = reconstruct_case(_case(), 0, _prior(), 2, method, SAMPLING, 0.25, 0, "cpu")
     assert out["samples"].shape == (3, 2, 8, 8) and torch.isfinite(out["samples"]).all()
     assert (out["ess"] is not None) == (search != "best_of_n")
@@ -34,9 +50,21 @@ def test_reconstruct_case_uses_the_search_by_name(search, options):
 
 
 def test_population_methods_write_ess_and_the_default_path_does_not():
-    ds = reconstruct([_case()], _prior(), 2, {"solver": "ddpm", "guidance": "dds", "search": "smc", "search_options": {"particles": 2}}, SAMPLING, 0.25, 0, "cpu", {})
+    ds = reconstruct(
+        [_case()],
+        _prior(),
+        2,
+        {"solver": "ddpm", "guidance": "dds", "search": "smc", "search_options": {"particles": 2}},
+        SAMPLING,
+        0.25,
+        0,
+        "cpu",
+        {},
+    )
     assert ds["ess"].dims == ("case", "sample") and ds.attrs["method"] == "ddpm-dds-smc"
-    plain = reconstruct([_case()], _prior(), 2, {"solver": "ddim", "guidance": "dds"}, SAMPLING, 0.25, 0, "cpu", {})
+    plain = reconstruct(
+        [_case()], _prior(), 2, {"solver": "ddim", "guidance": "dds"}, SAMPLING, 0.25, 0, "cpu", {}
+    )
     assert "ess" not in plain and plain.attrs["method"] == "ddim-dds"
 
 
@@ -48,8 +76,18 @@ def _registered(group: str) -> list[str]:
 
 # guidance methods whose update is a solver kernel of their own (DDRM, DiffPIR)
 OWN_SOLVER = {"ddrm": "ddrm", "diffpir": "diffpir"}
-SMALL_SEARCH_OPTIONS = {"smc": {"particles": 2}, "mcgdiff": {"particles": 2}, "svdd": {"candidates": 2}, "dts": {"rollouts": 2},
-                        "dts_star": {"rollouts": 2}, "best_of_n": {"n": 2}, "zero_order": {"n": 2}, "path_search": {"n": 2}, "rbf": {"budget": 16}, "minority": {}}
+SMALL_SEARCH_OPTIONS = {
+    "smc": {"particles": 2},
+    "mcgdiff": {"particles": 2},
+    "svdd": {"candidates": 2},
+    "dts": {"rollouts": 2},
+    "dts_star": {"rollouts": 2},
+    "best_of_n": {"n": 2},
+    "zero_order": {"n": 2},
+    "path_search": {"n": 2},
+    "rbf": {"budget": 16},
+    "minority": {},
+}
 
 
 @pytest.mark.parametrize("guidance", _registered("guidance"))
@@ -63,7 +101,14 @@ def test_every_guidance_runs_in_the_mri_stage_by_name(guidance):
 @pytest.mark.parametrize("search", _registered("search"))
 def test_every_search_runs_in_the_mri_stage_by_name(search):
     """... and every registered search / population method (small budgets)."""
-    method = {"solver": "ddpm", "guidance": "none" if search == "mcgdiff" else "dds", "search": search, "search_options": SMALL_SEARCH_OPTIONS[search]}
+    method = {
+        "solver": "ddpm",
+        "guidance": "none" if search == "mcgdiff" else "dds",
+        "search": search,
+        "search_options": SMALL_SEARCH_OPTIONS[search],
+    }
     out = reconstruct_case(_case(), 0, _prior(), 2, method, SAMPLING, 0.25, 0, "cpu")
     assert out["samples"].shape == (3, 2, 8, 8) and torch.isfinite(out["samples"]).all()
-    assert out["samples"].dtype == torch.float32  # MCGdiff's float64 spectral step once leaked into the particles (a float32 network then failed)
+    assert (
+        out["samples"].dtype == torch.float32
+    )  # MCGdiff's float64 spectral step once leaked into the particles (a float32 network then failed)

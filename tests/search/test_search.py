@@ -35,7 +35,13 @@ def test_mcgdiff_approaches_the_noise_floor_as_particles_grow():
     runs, sw = 100, []
     for n in (1, 4, 16):
         m = make_search("mcgdiff", PROBLEM.operator, PROBLEM.y, particles=n)
-        r = m.run(make_solver("ddpm", SCH), PROBLEM.prior, _x_T(runs * n), SCH.grid(100), PerSampleNoise(range(runs * n)))
+        r = m.run(
+            make_solver("ddpm", SCH),
+            PROBLEM.prior,
+            _x_T(runs * n),
+            SCH.grid(100),
+            PerSampleNoise(range(runs * n)),
+        )
         sw.append(distance_to(PROBLEM.posterior, r.x))
         assert r.ess.shape == (runs,) and bool((r.ess >= 1).all())
     floor = noise_floor(PROBLEM.posterior, runs)
@@ -49,9 +55,13 @@ def test_dts_distance_to_the_tilted_target_falls_as_rollouts_grow():
     Measured 12.9 -> 5.7 (floor 1.7 at 100 samples); the drop is > 10 standard errors."""
     target = tilt(PROBLEM.prior, DIRECTION, LAM)
     m = make_search("dts", None, None, reward=linear_reward)
-    res = m.anytime(make_solver("ddpm", SCH), PROBLEM.prior, _x_T(100), SCH.grid(20), PerSampleNoise(range(100)), [1, 8])
+    res = m.anytime(
+        make_solver("ddpm", SCH), PROBLEM.prior, _x_T(100), SCH.grid(20), PerSampleNoise(range(100)), [1, 8]
+    )
     sw = [distance_to(target, r.x) for r in res]
-    print(f"DTS SW2 after 1 and 8 rollouts: {sw[0]:.2f}, {sw[1]:.2f} at NFE/sample {res[0].nfe_per_sample:.0f}, {res[1].nfe_per_sample:.0f}")
+    print(
+        f"DTS SW2 after 1 and 8 rollouts: {sw[0]:.2f}, {sw[1]:.2f} at NFE/sample {res[0].nfe_per_sample:.0f}, {res[1].nfe_per_sample:.0f}"
+    )
     assert sw[1] < 0.6 * sw[0]
     assert res[1].nfe_per_sample < 8 * 20  # the tree is reused: later rollouts start below the root
 
@@ -68,7 +78,9 @@ def test_svdd_with_one_candidate_is_its_base_sampler():
 def test_minority_guidance_with_zero_weight_is_its_base_sampler():
     solver, n = make_solver("ddpm", SCH), 8
     base = sample(solver, PROBLEM.prior, _x_T(n), SCH.grid(10), PerSampleNoise(range(n)))
-    r = make_search("minority", None, None, reward=linear_reward, weight=0.0).run(solver, PROBLEM.prior, _x_T(n), SCH.grid(10), PerSampleNoise(range(n)))
+    r = make_search("minority", None, None, reward=linear_reward, weight=0.0).run(
+        solver, PROBLEM.prior, _x_T(n), SCH.grid(10), PerSampleNoise(range(n))
+    )
     assert torch.equal(r.x, base)
 
 
@@ -78,7 +90,13 @@ def test_best_of_n_best_score_never_falls_as_n_grows():
     for n in (1, 2, 4, 8):
         m = make_search("best_of_n", None, None, reward=linear_reward, n=n)
         seeds = [100 * r + j for r in range(runs) for j in range(n)]
-        res = m.run(make_solver("ddpm", SCH), PROBLEM.prior, pool[:, :n].reshape(-1, 8), SCH.grid(10), PerSampleNoise(seeds))
+        res = m.run(
+            make_solver("ddpm", SCH),
+            PROBLEM.prior,
+            pool[:, :n].reshape(-1, 8),
+            SCH.grid(10),
+            PerSampleNoise(seeds),
+        )
         best.append(res.reward)
         assert res.nfe == runs * n * 10
     for a, b in zip(best, best[1:]):
@@ -126,11 +144,19 @@ def test_dts_star_best_reward_never_falls_as_rollouts_grow():
     for a, b in itertools.pairwise(res):
         assert bool((b.reward >= a.reward).all()) and b.nfe >= a.nfe
     assert float(res[-1].reward.mean()) > float(res[0].reward.mean()) + 1.0
-    single = [make_search("dts_star", None, None, reward=linear_reward, rollouts=c).run(solver, PROBLEM.prior, _x_T(runs), grid, PerSampleNoise(range(runs))) for c in (16, 32)]
+    single = [
+        make_search("dts_star", None, None, reward=linear_reward, rollouts=c).run(
+            solver, PROBLEM.prior, _x_T(runs), grid, PerSampleNoise(range(runs))
+        )
+        for c in (16, 32)
+    ]
     assert torch.equal(single[0].reward, res[1].reward) and bool((single[1].reward >= single[0].reward).all())
 
 
-@pytest.mark.parametrize("name,options", [("dts", {"rollouts": 12}), ("dts_star", {"rollouts": 12}), ("svdd", {"candidates": 4, "alpha": 0.5})])
+@pytest.mark.parametrize(
+    "name,options",
+    [("dts", {"rollouts": 12}), ("dts_star", {"rollouts": 12}), ("svdd", {"candidates": 4, "alpha": 0.5})],
+)
 def test_tree_and_svdd_results_do_not_depend_on_the_batch(name, options):
     """One tree (or SVDD chain) per run with its own noise stream and selection generator:
     K runs in one batch give what each run gives alone."""

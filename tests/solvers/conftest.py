@@ -25,4 +25,6 @@ def smooth_gmm() -> GaussianMixtureDenoiser:
 def x_start() -> torch.Tensor:
     """200 starting points at t_max (float64)."""
     s = VPSchedule("cosine")
-    return torch.randn(200, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * float(s.sigma(s.t_max))
+    return torch.randn(200, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * float(
+        s.sigma(s.t_max)
+    )

@@ -12,7 +12,12 @@ t_min, not at σ = 0; DEIS always ends there); DDIM uses ``set_alpha_to_one=Fals
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DEISMultistepScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+from diffusers import (
+    DDIMScheduler,
+    DEISMultistepScheduler,
+    DPMSolverMultistepScheduler,
+    UniPCMultistepScheduler,
+)
 
 from diffinv.solvers import make_solver, sample
 
@@ -21,7 +26,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def _times(schedule, index):
-    return schedule.t_min + torch.as_tensor(index, dtype=torch.float64) * (schedule.t_max - schedule.t_min) / (TRAIN - 1)
+    return schedule.t_min + torch.as_tensor(index, dtype=torch.float64) * (
+        schedule.t_max - schedule.t_min
+    ) / (TRAIN - 1)
 
 
 def _diffusers_run(cls, gmm, x, steps, **config):
@@ -47,19 +54,30 @@ CASES = [
     ("ddim", {}, DDIMScheduler, {"set_alpha_to_one": False, "clip_sample": False}),
     ("dpmpp_2m", {}, DPMSolverMultistepScheduler, {"solver_order": 2}),
     ("dpmpp_3m", {}, DPMSolverMultistepScheduler, {"solver_order": 3}),
-    ("dpmpp_2m", {"thresholding": True, "threshold_ratio": 0.9, "sample_max_value": 1.2}, DPMSolverMultistepScheduler,
-     {"solver_order": 2, "thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.2}),
+    (
+        "dpmpp_2m",
+        {"thresholding": True, "threshold_ratio": 0.9, "sample_max_value": 1.2},
+        DPMSolverMultistepScheduler,
+        {"solver_order": 2, "thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.2},
+    ),
     ("deis", {"order": 2, "basis": "logrho"}, DEISMultistepScheduler, {"solver_order": 2}),
     ("deis", {"order": 3, "basis": "logrho"}, DEISMultistepScheduler, {"solver_order": 3}),
     ("unipc", {"order": 2}, UniPCMultistepScheduler, {"solver_order": 2}),
     ("unipc", {"order": 3}, UniPCMultistepScheduler, {"solver_order": 3}),
-    ("unipc", {"order": 2, "variant": "bh1"}, UniPCMultistepScheduler, {"solver_order": 2, "solver_type": "bh1"}),
+    (
+        "unipc",
+        {"order": 2, "variant": "bh1"},
+        UniPCMultistepScheduler,
+        {"solver_order": 2, "solver_type": "bh1"},
+    ),
 ]
 MULTISTEP = {"lower_order_final": False, "final_sigmas_type": "sigma_min"}
 
 
 @pytest.mark.parametrize("steps", [6, 20])
-@pytest.mark.parametrize("name,options,cls,config", CASES, ids=[f"{c[0]}-{c[2].__name__}-{i}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize(
+    "name,options,cls,config", CASES, ids=[f"{c[0]}-{c[2].__name__}-{i}" for i, c in enumerate(CASES)]
+)
 def test_matches_diffusers(smooth_gmm, x_start, name, options, cls, config, steps):
     extra = {DDIMScheduler: {}, DEISMultistepScheduler: {"lower_order_final": False}}.get(cls, MULTISTEP)
     x = x_start[:, :, None]  # (batch, channel, pixel): diffusers' thresholding wants a channel axis

@@ -17,7 +17,12 @@ def reference(smooth_gmm, x_start):
 def observed_order(gmm, x, ref, name, options, steps):
     """Slope of log RMSE against log steps (logSNR grid) and the errors."""
     s = gmm.schedule
-    errs = [float((sample(make_solver(name, s, **options), gmm, x, s.grid(n, "logsnr")) - ref).pow(2).mean().sqrt()) for n in steps]
+    errs = [
+        float(
+            (sample(make_solver(name, s, **options), gmm, x, s.grid(n, "logsnr")) - ref).pow(2).mean().sqrt()
+        )
+        for n in steps
+    ]
     return -np.polyfit(np.log(steps), np.log(errs), 1)[0], errs
 
 

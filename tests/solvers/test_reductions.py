@@ -46,14 +46,18 @@ def test_timeshift_beyond_t_is_bit_identical(smooth_gmm, x_start):
 
 def test_timeshift_shifts_to_the_matching_noise_level(smooth_gmm):
     ts = make_solver("timeshift", smooth_gmm.schedule, window=0.2)
-    x = torch.randn(64, 4096, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 0.8  # Var ≈ 0.64
+    x = (
+        torch.randn(64, 4096, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 0.8
+    )  # Var ≈ 0.64
     sigma2 = smooth_gmm.schedule.sigma(ts.shifted_time(x, 0.6)) ** 2
     assert torch.allclose(sigma2, x.var(dim=1, unbiased=False), atol=3e-3)  # one grid cell of 1/1000
 
 
 def test_tstitch_switches_between_models(smooth_gmm, x_start):
     s = smooth_gmm.schedule
-    small = GaussianMixtureDenoiser(s, torch.tensor([0.5, 0.5]), smooth_gmm.means + 0.3, torch.tensor([0.6, 0.8]))
+    small = GaussianMixtureDenoiser(
+        s, torch.tensor([0.5, 0.5]), smooth_gmm.means + 0.3, torch.tensor([0.6, 0.8])
+    )
     all_small = run(smooth_gmm, x_start, "tstitch", small=small, fraction=1.0)
     assert torch.allclose(all_small, run(small, x_start, "dpmpp_2m"), rtol=0, atol=1e-12)
     counter_large, counter_small = CountingDenoiser(smooth_gmm), CountingDenoiser(small)
@@ -72,7 +76,9 @@ def test_tstitch_keeps_guidance(smooth_gmm, x_start):
             return self.denoiser(x, t) + 1.0
 
     s = smooth_gmm.schedule
-    out = sample(make_solver("tstitch", s, small=smooth_gmm, fraction=1.0), Shift(smooth_gmm), x_start, s.grid(6))
+    out = sample(
+        make_solver("tstitch", s, small=smooth_gmm, fraction=1.0), Shift(smooth_gmm), x_start, s.grid(6)
+    )
     assert torch.allclose(out, run(Shift(smooth_gmm), x_start, "dpmpp_2m", steps=6), atol=1e-12)
 
 
@@ -80,7 +86,9 @@ def test_mrs_matches_dpmpp_on_the_equivalent_vp_problem(smooth_gmm, x_start):
     """x − μ follows a VP process for x0 − μ, so MRS on the MR prior is μ + DPM-Solver++ on the shifted prior."""
     s = smooth_gmm.schedule
     mu = torch.tensor([0.7, -0.4, 0.2], dtype=torch.float64)
-    shifted = GaussianMixtureDenoiser(s, smooth_gmm.log_weights.exp(), smooth_gmm.means - mu, torch.tensor([0.6, 0.8]))
+    shifted = GaussianMixtureDenoiser(
+        s, smooth_gmm.log_weights.exp(), smooth_gmm.means - mu, torch.tensor([0.6, 0.8])
+    )
 
     class MeanReverting:
         schedule = s
@@ -143,11 +151,27 @@ def test_plan_with_wrong_length_is_a_config_error(smooth_gmm, x_start):
     with pytest.raises(ConfigError, match="one per step"):
         sample(make_solver("dc_solver", s, ratios=[1.0]), smooth_gmm, x_start, s.grid(4))
     with pytest.raises(ConfigError, match="one entry per step"):
-        sample(make_solver("s3", s, plan={"orders": [2], "correctors": [True]}), smooth_gmm, x_start, s.grid(4))
+        sample(
+            make_solver("s3", s, plan={"orders": [2], "correctors": [True]}), smooth_gmm, x_start, s.grid(4)
+        )
 
 
 def test_plugins_lists_every_solver_with_a_citation():
     text = describe_plugins()
-    for name in ("dpmpp_2s", "dpmpp_3m", "deis", "unipc", "timeshift", "hb", "ghvb", "dc_solver", "dualfast", "tstitch", "mrs", "s3", "fitted_lms"):
+    for name in (
+        "dpmpp_2s",
+        "dpmpp_3m",
+        "deis",
+        "unipc",
+        "timeshift",
+        "hb",
+        "ghvb",
+        "dc_solver",
+        "dualfast",
+        "tstitch",
+        "mrs",
+        "s3",
+        "fitted_lms",
+    ):
         line = next(line for line in text.splitlines() if line.strip().startswith(name + " "))
         assert "[" in line and "]" in line, line

@@ -27,7 +27,10 @@ def _observed_order(gmm, name, steps=(20, 40, 80)):
     s = gmm.schedule
     x_t = torch.randn(500, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     ref = sample(make_solver("dpmpp_2m", s), gmm, x_t, s.grid(2000, "logsnr"))
-    errs = [float((sample(make_solver(name, s), gmm, x_t, s.grid(n, "logsnr")) - ref).pow(2).mean().sqrt()) for n in steps]
+    errs = [
+        float((sample(make_solver(name, s), gmm, x_t, s.grid(n, "logsnr")) - ref).pow(2).mean().sqrt())
+        for n in steps
+    ]
     return np.polyfit(np.log(steps), np.log(errs), 1)[0] * -1, errs
 
 
@@ -72,7 +75,12 @@ def test_registry_errors_list_known_names(gmm):
     with pytest.raises(ConfigError, match="bad options"):
         make_solver("ddim", gmm.schedule, etaa=1.0)
     with pytest.raises(ConfigError, match="stochastic"):
-        sample(make_solver("ddpm", gmm.schedule), gmm, torch.zeros(2, 3, dtype=torch.float64), gmm.schedule.grid(3))
+        sample(
+            make_solver("ddpm", gmm.schedule),
+            gmm,
+            torch.zeros(2, 3, dtype=torch.float64),
+            gmm.schedule.grid(3),
+        )
 
 
 def test_ddim_first_step_matches_closed_form(gmm):

@@ -31,7 +31,9 @@ def test_entropy_ranks_lines_by_particle_spread():
     assert float(h[-1]) == pytest.approx(math.log(n), abs=0.05), "well-separated particles saturate at log N"
 
 
-@pytest.mark.parametrize("steps,acq,window", [(20, 5, (0.05, 0.6)), (10, 12, (0.0, 0.5)), (20, 0, (0.1, 0.9)), (4, 3, (0.9, 1.0))])
+@pytest.mark.parametrize(
+    "steps,acq,window", [(20, 5, (0.05, 0.6)), (10, 12, (0.0, 0.5)), (20, 0, (0.1, 0.9)), (4, 3, (0.9, 1.0))]
+)
 def test_acquisitions_are_spread_over_the_window(steps, acq, window):
     counts = acquisition_steps(steps, acq, window)
     assert sum(counts) == acq and len(counts) == steps
@@ -43,8 +45,19 @@ def test_acquisitions_are_spread_over_the_window(steps, acq, window):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("ads")
-    write_demo(root / "demo", seed=3, size=16, coils=2, slices_per_volume=2, train_volumes=2, val_volumes=1, test_volumes=0)
-    return load_cases(ingest([root / "demo" / "val"], root / "val.zarr"), 0.08), load_cases(ingest([root / "demo" / "train"], root / "train.zarr"), 0.08)
+    write_demo(
+        root / "demo",
+        seed=3,
+        size=16,
+        coils=2,
+        slices_per_volume=2,
+        train_volumes=2,
+        val_volumes=1,
+        test_volumes=0,
+    )
+    return load_cases(ingest([root / "demo" / "val"], root / "val.zarr"), 0.08), load_cases(
+        ingest([root / "demo" / "train"], root / "train.zarr"), 0.08
+    )
 
 
 def test_greedy_mask_meets_the_budget_and_keeps_the_centre(data):
@@ -56,15 +69,27 @@ def test_greedy_mask_meets_the_budget_and_keeps_the_centre(data):
 def test_ads_store_holds_every_strategy_at_one_budget(data):
     cases, train = data
     torch.manual_seed(0)
-    prior = NetworkDenoiser(build_unet([16, 16], widths=[8, 16], norm_groups=4).eval().requires_grad_(False), VPSchedule(), "epsilon", clip=2.5)
-    cfg = validate_config({"ads": {"enabled": True, "particles": 4}, "mri": {"sampling": {"steps": 4, "samples": 4, "no_prior_iterations": 5}}})
+    prior = NetworkDenoiser(
+        build_unet([16, 16], widths=[8, 16], norm_groups=4).eval().requires_grad_(False),
+        VPSchedule(),
+        "epsilon",
+        clip=2.5,
+    )
+    cfg = validate_config(
+        {
+            "ads": {"enabled": True, "particles": 4},
+            "mri": {"sampling": {"steps": 4, "samples": 4, "no_prior_iterations": 5}},
+        }
+    )
     sampling = {**cfg["mri"]["sampling"], "samples": 4, "batch_size": 4}
     method = {"solver": "dpmpp_2m", "guidance": "dds", "solver_options": {}, "guidance_options": {}}
     ds = run_ads(cases[:1], train, prior, 4, method, sampling, cfg["ads"], 0.08, 0, "cpu", {})
     assert list(ds["strategy"].values) == ["ads", "random", "equispaced", "variable_density", "greedy"]
     assert (ds["mask"].values.sum(-1) == 4).all(), "every strategy gets exactly W/R lines"
     order = ds["acquisition_order"].values[0]
-    assert len(set(order.tolist())) == len(order) == 4 - cases[0].num_low, "centre lines + distinct acquisitions"
+    assert len(set(order.tolist())) == len(order) == 4 - cases[0].num_low, (
+        "centre lines + distinct acquisitions"
+    )
     assert np.isnan(ds["entropy"].values[0, -1, order[:-1]]).all(), "acquired lines have no entropy"
     rows = ads_metrics(ds)
     assert len(rows) == 5 and all(np.isfinite(r["ssim"]) for r in rows)
@@ -77,13 +102,32 @@ def test_ads_reconstruction_modes(data, reconstruction):
     ``continue`` keeps the acquisition trajectory's own samples."""
     cases, train = data
     torch.manual_seed(0)
-    prior = NetworkDenoiser(build_unet([16, 16], widths=[8, 16], norm_groups=4).eval().requires_grad_(False), VPSchedule(), "epsilon", clip=2.5)
-    cfg = validate_config({"ads": {"enabled": True, "particles": 4, "baselines": ["random"], "reconstruction": reconstruction}, "mri": {"sampling": {"steps": 4, "samples": 4}}})
+    prior = NetworkDenoiser(
+        build_unet([16, 16], widths=[8, 16], norm_groups=4).eval().requires_grad_(False),
+        VPSchedule(),
+        "epsilon",
+        clip=2.5,
+    )
+    cfg = validate_config(
+        {
+            "ads": {
+                "enabled": True,
+                "particles": 4,
+                "baselines": ["random"],
+                "reconstruction": reconstruction,
+            },
+            "mri": {"sampling": {"steps": 4, "samples": 4}},
+        }
+    )
     sampling = {**cfg["mri"]["sampling"], "samples": 4, "batch_size": 4}
     method = {"solver": "ddim", "guidance": "dds", "solver_options": {"eta": 1.0}, "guidance_options": {}}
     ds = run_ads(cases[:1], train, prior, 4, method, sampling, cfg["ads"], 0.08, 0, "cpu", {})
     mask = torch.as_tensor(ds["mask"].values[0, 0])
     again = reconstruct_case(cases[0], 0, prior, 4, method, sampling, 0.08, 0, "cpu", mask=mask)
-    same = np.allclose(ds["samples"].values[0, 0], (channels_to_complex(again["samples"]) * cases[0].scale).numpy(), atol=1e-5)
+    same = np.allclose(
+        ds["samples"].values[0, 0],
+        (channels_to_complex(again["samples"]) * cases[0].scale).numpy(),
+        atol=1e-5,
+    )
     assert same == (reconstruction == "resample")
     assert ds.attrs["reconstruction"] == reconstruction

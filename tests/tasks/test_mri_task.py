@@ -18,7 +18,16 @@ from diffinv.tasks.mri import load_cases, no_prior_reconstruction, reconstruct, 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("mri")
-    write_demo(root / "demo", seed=2, size=16, coils=3, slices_per_volume=2, train_volumes=1, val_volumes=1, test_volumes=0)
+    write_demo(
+        root / "demo",
+        seed=2,
+        size=16,
+        coils=3,
+        slices_per_volume=2,
+        train_volumes=1,
+        val_volumes=1,
+        test_volumes=0,
+    )
     return ingest([root / "demo" / "val"], root / "val.zarr")
 
 
@@ -70,8 +79,14 @@ def test_output_follows_the_zarr_contract(store, prior):
     for i, case in enumerate(cases):
         op = MRIOperator(torch.from_numpy(ds["mask"].values[i]), case.sensitivities[None])
         y = op.mask * case.kspace[None]
-        floor = float(op.residual(op.solve_normal(y, op.A_adjoint(y), steps=300), y) / op.residual(torch.zeros(1, 2, 16, 16), y))
-        assert (ds["relative_residual"].values[i] < 1.1 * floor + 1e-3).all(), (ds["relative_residual"].values[i], floor)
+        floor = float(
+            op.residual(op.solve_normal(y, op.A_adjoint(y), steps=300), y)
+            / op.residual(torch.zeros(1, 2, 16, 16), y)
+        )
+        assert (ds["relative_residual"].values[i] < 1.1 * floor + 1e-3).all(), (
+            ds["relative_residual"].values[i],
+            floor,
+        )
 
 
 def test_no_prior_baseline_is_consistent_and_constrained(store):

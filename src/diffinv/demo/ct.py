@@ -34,7 +34,9 @@ OPTIONS = {
 
 def phantom_volume(rng: np.random.Generator, slices: int, size: int, ellipsoids: int = 8) -> np.ndarray:
     """A (slices, size, size) volume of random overlapping ellipsoids inside a body ellipsoid, in [0, 1]."""
-    z, y, x = np.meshgrid(np.linspace(-1, 1, slices), np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing="ij")
+    z, y, x = np.meshgrid(
+        np.linspace(-1, 1, slices), np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing="ij"
+    )
     vol = 0.25 * ((x / 0.85) ** 2 + (y / 0.7) ** 2 + (z / 1.2) ** 2 <= 1)
     for _ in range(ellipsoids):
         centre = rng.uniform(-0.45, 0.45, 3)
@@ -85,7 +87,10 @@ def write_demo(out: Path, seed: int, **options: Any) -> list[Path]:
     opt.check_options("demo-data ct", options, OPTIONS)
     rng = np.random.default_rng(seed)
     size, n_angles = int(options.get("size", 64)), int(options.get("angles", 90))
-    volumes = [phantom_volume(rng, int(options.get("slices", 8)), size) for _ in range(int(options.get("volumes", 2)))]
+    volumes = [
+        phantom_volume(rng, int(options.get("slices", 8)), size)
+        for _ in range(int(options.get("volumes", 2)))
+    ]
     truth = np.concatenate(volumes)
     clean = np.stack([project(img, n_angles) for img in truth])
     counts = rng.poisson(LODOPAB_PHOTONS * np.exp(-LODOPAB_MU_MAX * clean)).astype(np.float64)

@@ -55,11 +55,41 @@ DEFAULTS: dict[str, Any] = {
 }
 #: Variable attributes as the CDS writes them.
 ATTRS = {
-    "t": {"units": "K", "long_name": "Temperature", "standard_name": "air_temperature", "GRIB_paramId": 130, "GRIB_shortName": "t"},
-    "z": {"units": "m**2 s**-2", "long_name": "Geopotential", "standard_name": "geopotential", "GRIB_paramId": 129, "GRIB_shortName": "z"},
-    "u": {"units": "m s**-1", "long_name": "U component of wind", "standard_name": "eastward_wind", "GRIB_paramId": 131, "GRIB_shortName": "u"},
-    "v": {"units": "m s**-1", "long_name": "V component of wind", "standard_name": "northward_wind", "GRIB_paramId": 132, "GRIB_shortName": "v"},
-    "q": {"units": "kg kg**-1", "long_name": "Specific humidity", "standard_name": "specific_humidity", "GRIB_paramId": 133, "GRIB_shortName": "q"},
+    "t": {
+        "units": "K",
+        "long_name": "Temperature",
+        "standard_name": "air_temperature",
+        "GRIB_paramId": 130,
+        "GRIB_shortName": "t",
+    },
+    "z": {
+        "units": "m**2 s**-2",
+        "long_name": "Geopotential",
+        "standard_name": "geopotential",
+        "GRIB_paramId": 129,
+        "GRIB_shortName": "z",
+    },
+    "u": {
+        "units": "m s**-1",
+        "long_name": "U component of wind",
+        "standard_name": "eastward_wind",
+        "GRIB_paramId": 131,
+        "GRIB_shortName": "u",
+    },
+    "v": {
+        "units": "m s**-1",
+        "long_name": "V component of wind",
+        "standard_name": "northward_wind",
+        "GRIB_paramId": 132,
+        "GRIB_shortName": "v",
+    },
+    "q": {
+        "units": "kg kg**-1",
+        "long_name": "Specific humidity",
+        "standard_name": "specific_humidity",
+        "GRIB_paramId": 133,
+        "GRIB_shortName": "q",
+    },
 }
 
 
@@ -87,7 +117,9 @@ def synthetic_atmosphere(seed: int, **options: Any) -> xr.Dataset:
     lat = np.arange(south, north + res / 2, res)
     lon = np.arange(west, east + res / 2, res)
     levels = np.array(sorted(o["levels"], reverse=True), dtype=np.float64)
-    time = pd.date_range(pd.Timestamp(o["start"]), periods=int(o["times"]), freq="6h").values.astype("datetime64[ns]")
+    time = pd.date_range(pd.Timestamp(o["start"]), periods=int(o["times"]), freq="6h").values.astype(
+        "datetime64[ns]"
+    )
 
     phi = np.deg2rad(lat)[None, None, :, None]
     lam = np.deg2rad(lon)[None, None, None, :]
@@ -135,7 +167,14 @@ def synthetic_atmosphere(seed: int, **options: Any) -> xr.Dataset:
     dims = ("time", "level", "latitude", "longitude")
     fields = {"t": t, "z": z, "u": u, "v": v, "q": q}
     return xr.Dataset(
-        {k: (dims, val.astype(np.float32), {a: ATTRS[k][a] for a in ("units", "long_name", "standard_name")}) for k, val in fields.items()},
+        {
+            k: (
+                dims,
+                val.astype(np.float32),
+                {a: ATTRS[k][a] for a in ("units", "long_name", "standard_name")},
+            )
+            for k, val in fields.items()
+        },
         coords={
             "time": ("time", time),
             "level": ("level", levels, {"units": "hPa", "long_name": "pressure level"}),
@@ -150,14 +189,42 @@ def to_cds_netcdf(ds: xr.Dataset) -> xr.Dataset:
     seconds = (ds["time"].values - np.datetime64("1970-01-01", "ns")) // np.timedelta64(1, "s")
     out = ds.rename(time="valid_time", level="pressure_level").isel(latitude=slice(None, None, -1))
     out = out.assign_coords(
-        valid_time=("valid_time", seconds.astype(np.int64), {"units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian", "standard_name": "time", "long_name": "time"}),
-        pressure_level=("pressure_level", ds["level"].values, {"units": "hPa", "long_name": "pressure", "standard_name": "air_pressure", "positive": "down"}),
-        number=((), np.int64(0), {"long_name": "ensemble member numerical id", "units": "1", "standard_name": "realization"}),
-        expver=("valid_time", np.array(["0001"] * ds.sizes["time"], dtype=object), {"long_name": "Experiment version"}),
+        valid_time=(
+            "valid_time",
+            seconds.astype(np.int64),
+            {
+                "units": "seconds since 1970-01-01",
+                "calendar": "proleptic_gregorian",
+                "standard_name": "time",
+                "long_name": "time",
+            },
+        ),
+        pressure_level=(
+            "pressure_level",
+            ds["level"].values,
+            {"units": "hPa", "long_name": "pressure", "standard_name": "air_pressure", "positive": "down"},
+        ),
+        number=(
+            (),
+            np.int64(0),
+            {"long_name": "ensemble member numerical id", "units": "1", "standard_name": "realization"},
+        ),
+        expver=(
+            "valid_time",
+            np.array(["0001"] * ds.sizes["time"], dtype=object),
+            {"long_name": "Experiment version"},
+        ),
     )
     for name in out.data_vars:
         out[name].attrs = dict(ATTRS[name], GRIB_typeOfLevel="isobaricInhPa", GRIB_gridType="regular_ll")
-    out.attrs = {"GRIB_centre": "ecmf", "GRIB_centreDescription": "European Centre for Medium-Range Weather Forecasts", "GRIB_subCentre": 0, "Conventions": "CF-1.7", "institution": "European Centre for Medium-Range Weather Forecasts", "history": "diffinv demo-data era5: synthetic fields in the CDS netCDF layout"}
+    out.attrs = {
+        "GRIB_centre": "ecmf",
+        "GRIB_centreDescription": "European Centre for Medium-Range Weather Forecasts",
+        "GRIB_subCentre": 0,
+        "Conventions": "CF-1.7",
+        "institution": "European Centre for Medium-Range Weather Forecasts",
+        "history": "diffinv demo-data era5: synthetic fields in the CDS netCDF layout",
+    }
     return out
 
 
@@ -186,7 +253,10 @@ def write_demo(out: Path, seed: int, **options: Any) -> list[Path]:
     for k, idx in enumerate(np.array_split(np.arange(ds.sizes["time"]), files)):
         path = out / f"era5_pl_{k}.nc"
         cds = to_cds_netcdf(ds.isel(time=idx))
-        encoding = {name: {"zlib": True, "complevel": 1, "chunksizes": (1, *var.shape[1:])} for name, var in cds.data_vars.items()}
+        encoding = {
+            name: {"zlib": True, "complevel": 1, "chunksizes": (1, *var.shape[1:])}
+            for name, var in cds.data_vars.items()
+        }
         with atomic_path(path) as tmp:
             cds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
         paths.append(path)

@@ -39,7 +39,9 @@ def _fields(seed: int, era5: str | None) -> xr.Dataset:
         return synthetic_atmosphere(seed)
     path = Path(era5)
     files = sorted(path.glob("*.nc")) if path.is_dir() else [path]
-    return xr.concat([read_era5(f).load() for f in files], dim="time", data_vars="all", coords="minimal", join="exact")
+    return xr.concat(
+        [read_era5(f).load() for f in files], dim="time", data_vars="all", coords="minimal", join="exact"
+    )
 
 
 def _profile(col: xr.Dataset, elevation: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -63,7 +65,15 @@ def _profile(col: xr.Dataset, elevation: float, rng: np.random.Generator) -> dic
 
     gph = at(z) / GRAVITY
     gph[kind == 21] = elevation
-    return {"press": press, "kind": kind, "t": at(t), "gph": gph, "u": at(u), "v": at(v), "q": np.maximum(at(q), 1e-7)}
+    return {
+        "press": press,
+        "kind": kind,
+        "t": at(t),
+        "gph": gph,
+        "u": at(u),
+        "v": at(v),
+        "q": np.maximum(at(q), 1e-7),
+    }
 
 
 def _observe(prof: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -97,7 +107,9 @@ def _observe(prof: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str,
     cols["wdir"][calm] = MISSING
     cols["wspd"][calm] = MISSING
     cols["temp"][rng.random(n) < 0.02] = REMOVED
-    cols["flags"] = [("B" if k == 21 else " ", " ", rng.choice([" ", "A", "B"], p=[0.6, 0.1, 0.3])) for k in prof["kind"]]
+    cols["flags"] = [
+        ("B" if k == 21 else " ", " ", rng.choice([" ", "A", "B"], p=[0.6, 0.1, 0.3])) for k in prof["kind"]
+    ]
     return cols
 
 

@@ -44,7 +44,9 @@ def _smooth_field(rng: np.random.Generator, n: int, cutoff: float) -> np.ndarray
     return (field - field.mean()) / (field.std() + 1e-12)
 
 
-def _ellipse(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float, angle: float) -> np.ndarray:
+def _ellipse(
+    yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float, angle: float
+) -> np.ndarray:
     c, s = math.cos(angle), math.sin(angle)
     u = (xx - cx) * c + (yy - cy) * s
     v = -(xx - cx) * s + (yy - cy) * c
@@ -57,7 +59,14 @@ def phantom_volume(rng: np.random.Generator, n: int, slices: int) -> np.ndarray:
     angle = rng.uniform(-0.4, 0.4)
     body = (rng.uniform(0.6, 0.85), rng.uniform(0.55, 0.85))
     organs = [
-        (rng.uniform(-0.4, 0.4), rng.uniform(-0.4, 0.4), rng.uniform(0.1, 0.35), rng.uniform(0.08, 0.3), rng.uniform(0, math.pi), rng.uniform(0.15, 1.0))
+        (
+            rng.uniform(-0.4, 0.4),
+            rng.uniform(-0.4, 0.4),
+            rng.uniform(0.1, 0.35),
+            rng.uniform(0.08, 0.3),
+            rng.uniform(0, math.pi),
+            rng.uniform(0.15, 1.0),
+        )
         for _ in range(rng.integers(2, 6))
     ]
     texture_scale = rng.uniform(0.03, 0.12)
@@ -88,7 +97,9 @@ def coil_maps(rng: np.random.Generator, coils: int, shape: tuple[int, int]) -> n
         cy, cx = 1.4 * math.sin(phi), 1.4 * math.cos(phi)
         dist2 = (yy - cy) ** 2 + (xx - cx) ** 2
         mag = np.exp(-dist2 / (2 * 1.1**2))
-        maps[c] = mag * np.exp(1j * (0.8 * (yy * math.cos(phi) + xx * math.sin(phi)) + rng.uniform(0, 2 * math.pi)))
+        maps[c] = mag * np.exp(
+            1j * (0.8 * (yy * math.cos(phi) + xx * math.sin(phi)) + rng.uniform(0, 2 * math.pi))
+        )
     return maps / np.sqrt((np.abs(maps) ** 2).sum(0).max())
 
 
@@ -100,7 +111,15 @@ def _ifft2c(k: np.ndarray) -> np.ndarray:
     return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
 
 
-def write_volume(path: Path, images: np.ndarray, maps: np.ndarray, noise_std: float, rng: np.random.Generator, test_mask: np.ndarray | None = None, num_low: int = 0) -> Path:
+def write_volume(
+    path: Path,
+    images: np.ndarray,
+    maps: np.ndarray,
+    noise_std: float,
+    rng: np.random.Generator,
+    test_mask: np.ndarray | None = None,
+    num_low: int = 0,
+) -> Path:
     """Write one fastMRI-layout multi-coil HDF5 file atomically.
 
     The images (slices, N, N) are placed in a 2N x N field of view (2x readout
@@ -155,7 +174,9 @@ def write_demo(
     if size < 8 or size % 2:
         raise ConfigError(f"demo.mri.size: must be an even number >= 8, got {size}")
     rng = np.random.default_rng(seed)
-    maps = coil_maps(rng, coils, (2 * size, size)) if coils > 1 else np.ones((1, 2 * size, size), np.complex64)
+    maps = (
+        coil_maps(rng, coils, (2 * size, size)) if coils > 1 else np.ones((1, 2 * size, size), np.complex64)
+    )
     written: list[Path] = []
     for split, count in (("train", train_volumes), ("val", val_volumes), ("test", test_volumes)):
         for v in range(count):

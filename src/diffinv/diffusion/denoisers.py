@@ -43,7 +43,9 @@ class GaussianMixtureDenoiser:
     covs : (K, d, d) covariances, (K,) isotropic variances, or ``None`` for identity.
     """
 
-    def __init__(self, schedule: VPSchedule, weights: Tensor, means: Tensor, covs: Tensor | None = None) -> None:
+    def __init__(
+        self, schedule: VPSchedule, weights: Tensor, means: Tensor, covs: Tensor | None = None
+    ) -> None:
         self.schedule = schedule
         self.means = means.to(torch.float64)
         k, d = self.means.shape
@@ -100,7 +102,13 @@ class NetworkDenoiser(nn.Module):
     [−clip, clip] (the value constraint of the data range), or ``None``.
     """
 
-    def __init__(self, net: nn.Module, schedule: VPSchedule, prediction: Prediction = "epsilon", clip: float | None = None) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        schedule: VPSchedule,
+        prediction: Prediction = "epsilon",
+        clip: float | None = None,
+    ) -> None:
         super().__init__()
         if prediction not in ("epsilon", "x0", "v"):
             raise ValueError(f"prediction: unknown {prediction!r} (use epsilon, x0 or v)")

@@ -25,7 +25,14 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
 
-def build_unet(size: list[int] | tuple[int, int], channels: int = 2, widths: list[int] | tuple[int, ...] = (32, 64, 64), layers_per_block: int = 1, attention: bool = False, norm_groups: int = 8) -> UNet2DModel:
+def build_unet(
+    size: list[int] | tuple[int, int],
+    channels: int = 2,
+    widths: list[int] | tuple[int, ...] = (32, 64, 64),
+    layers_per_block: int = 1,
+    attention: bool = False,
+    norm_groups: int = 8,
+) -> UNet2DModel:
     """A small ``UNet2DModel``; ``attention`` puts self-attention at the lowest resolution."""
     depth = len(widths)
     down = ["DownBlock2D"] * depth
@@ -59,11 +66,15 @@ def checkpoint_config(folder: Path) -> dict[str, Any]:
     """The parsed ``config.json`` of a checkpoint folder, with clear errors."""
     path = Path(folder) / CONFIG
     if not path.exists():
-        raise InputError(path, "checkpoint config missing", "point prior.checkpoint at a folder written by 'diffinv train'")
+        raise InputError(
+            path, "checkpoint config missing", "point prior.checkpoint at a folder written by 'diffinv train'"
+        )
     try:
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise InputError(path, f"not valid JSON ({exc.msg} at line {exc.lineno})", "repair or retrain") from exc
+        raise InputError(
+            path, f"not valid JSON ({exc.msg} at line {exc.lineno})", "repair or retrain"
+        ) from exc
     for key in ("network", "prediction", "schedule"):
         if key not in cfg:
             raise InputError(path, f"missing key '{key}'", "retrain with 'diffinv train' or add the key")
@@ -76,12 +87,20 @@ def load_denoiser(folder: Path, device: str | torch.device = "cpu") -> NetworkDe
     cfg = checkpoint_config(folder)
     weights = folder / WEIGHTS
     if not weights.exists():
-        raise InputError(weights, "checkpoint weights missing", "point prior.checkpoint at a folder written by 'diffinv train'")
+        raise InputError(
+            weights,
+            "checkpoint weights missing",
+            "point prior.checkpoint at a folder written by 'diffinv train'",
+        )
     net = build_unet(**cfg["network"])
     try:
         net.load_state_dict(load_file(str(weights)), strict=True)
     except (RuntimeError, OSError) as exc:
-        raise InputError(weights, f"weights do not match the network in config.json ({str(exc).splitlines()[0]})", "retrain or fix config.json") from exc
+        raise InputError(
+            weights,
+            f"weights do not match the network in config.json ({str(exc).splitlines()[0]})",
+            "retrain or fix config.json",
+        ) from exc
     net.eval().requires_grad_(False).to(device)
     return NetworkDenoiser(net, VPSchedule(**cfg["schedule"]), cfg["prediction"], cfg.get("clip"))
 

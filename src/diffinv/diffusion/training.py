@@ -83,7 +83,9 @@ def train_prior(
             flip = torch.rand(train.batch_size, generator=gen) < 0.5
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         x0 = x0.to(device)
-        t = schedule.t_min + (schedule.t_max - schedule.t_min) * torch.rand(train.batch_size, generator=gen, dtype=torch.float64)
+        t = schedule.t_min + (schedule.t_max - schedule.t_min) * torch.rand(
+            train.batch_size, generator=gen, dtype=torch.float64
+        )
         noise = torch.randn(x0.shape, generator=gen).to(device)
         a = schedule.alpha(t).float().to(device).reshape(-1, 1, 1, 1)
         s = schedule.sigma(t).float().to(device).reshape(-1, 1, 1, 1)
@@ -110,7 +112,12 @@ def train_prior(
         "schedule": schedule_dict(schedule),
         "clip": clip,
         "data": data_info,
-        "training": {**vars(train), "wall_time_s": round(wall, 1), "final_loss_ema": running, "device": str(device)},
+        "training": {
+            **vars(train),
+            "wall_time_s": round(wall, 1),
+            "final_loss_ema": running,
+            "device": str(device),
+        },
     }
     save_checkpoint(out, ema, config)
     write_loss_curve(out, log)

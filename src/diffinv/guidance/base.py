@@ -36,7 +36,14 @@ class Guidance:
         raise NotImplementedError
 
 
-def score_guided(D: Denoiser, x: Tensor, t: Tensor, loglik: Callable[[Tensor, Tensor], Tensor], weight: float = 1.0, alpha_power: float = 0.0) -> Tensor:
+def score_guided(
+    D: Denoiser,
+    x: Tensor,
+    t: Tensor,
+    loglik: Callable[[Tensor, Tensor], Tensor],
+    weight: float = 1.0,
+    alpha_power: float = 0.0,
+) -> Tensor:
     """Tweedie-corrected denoiser D + w α_t^k (σ_t²/α_t) ∇_x log p̂(y | x_t), with log p̂ = ``loglik(D(x, t), t)``.
 
     The gradient flows through the denoiser (Chung et al. 2023, Eq. 10; Song et al. 2023,
@@ -50,7 +57,11 @@ def score_guided(D: Denoiser, x: Tensor, t: Tensor, loglik: Callable[[Tensor, Te
         x0 = D(xg, t)
         (grad,) = torch.autograd.grad(loglik(x0, t).sum(), xg)
     shape = (-1,) + (1,) * (x.ndim - 1)
-    scale = (sch.sigma(t) ** 2 * sch.alpha(t) ** (alpha_power - 1)).to(device=x.device, dtype=x.dtype).reshape(shape)
+    scale = (
+        (sch.sigma(t) ** 2 * sch.alpha(t) ** (alpha_power - 1))
+        .to(device=x.device, dtype=x.dtype)
+        .reshape(shape)
+    )
     return x0.detach() + weight * scale * grad
 
 

@@ -47,7 +47,9 @@ class DDRM(Guidance):
         mixed = (1 - self.eta_b) * c0 + self.eta_b * self.y_bar.to(c0.dtype)
         return self.svd.V(torch.where(self.s > 0, mixed, c0))
 
-    def transition(self, x: Tensor, x0: Tensor, coeffs: tuple[float, float, float, float], z: Tensor, eta: float) -> Tensor:
+    def transition(
+        self, x: Tensor, x0: Tensor, coeffs: tuple[float, float, float, float], z: Tensor, eta: float
+    ) -> Tensor:
         """One DDRM step in VP form: x̄ = Vᵀx/α_s, σ̄ = σ/α, three cases per coordinate (Eq. 7–8)."""
         a_s, sig_s, a_t, sig_t = coeffs
         sb_next = sig_t / a_t
@@ -57,14 +59,26 @@ class DDRM(Guidance):
         sy, eta_b = self.svd.noise_std, self.eta_b
         det = math.sqrt(1 - eta**2) * sb_next
         unobserved = self.svd.V_T(unobserved_step(x, x0, coeffs, z, eta)) / a_t
-        level = torch.where(s > 0, sy / torch.where(s > 0, s, torch.ones_like(s)), torch.full_like(s, math.inf))
-        below = x0b + det * (ybar - x0b) / torch.where(level > 0, level, torch.ones_like(level)) + eta * sb_next * zb
-        above = (1 - eta_b) * x0b + eta_b * ybar + (sb_next**2 - (eta_b * level.clamp(max=sb_next)) ** 2).clamp_min(0).sqrt() * zb
+        level = torch.where(
+            s > 0, sy / torch.where(s > 0, s, torch.ones_like(s)), torch.full_like(s, math.inf)
+        )
+        below = (
+            x0b
+            + det * (ybar - x0b) / torch.where(level > 0, level, torch.ones_like(level))
+            + eta * sb_next * zb
+        )
+        above = (
+            (1 - eta_b) * x0b
+            + eta_b * ybar
+            + (sb_next**2 - (eta_b * level.clamp(max=sb_next)) ** 2).clamp_min(0).sqrt() * zb
+        )
         out = torch.where(s > 0, torch.where(sb_next < level, below, above), unobserved)
         return a_t * self.svd.V(out)
 
 
-def unobserved_step(x: Tensor, x0: Tensor, coeffs: tuple[float, float, float, float], z: Tensor, eta: float) -> Tensor:
+def unobserved_step(
+    x: Tensor, x0: Tensor, coeffs: tuple[float, float, float, float], z: Tensor, eta: float
+) -> Tensor:
     """DDRM's update of unobserved coordinates, x_t = α_t[x̄0 + √(1−η²) σ̄_t (x̄ − x̄0)/σ̄_s + η σ̄_t z] (Eq. 7)."""
     a_s, sig_s, a_t, sig_t = coeffs
     sb, sb_next = sig_s / a_s, sig_t / a_t
@@ -83,7 +97,9 @@ class DDRMSolver(Solver):
             raise ConfigError(f"solver ddrm: eta must lie in [0, 1], got {eta}")
         self.eta = float(eta)
 
-    def step(self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None) -> tuple[Tensor, State]:
+    def step(
+        self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None
+    ) -> tuple[Tensor, State]:
         a_s, sig_s, a_t, sig_t, _ = self.coefficients(s, t)
         coeffs, z = (a_s, sig_s, a_t, sig_t), noise.randn(x.shape[1:], x.dtype)
         guidance = getattr(D, "guidance", None)

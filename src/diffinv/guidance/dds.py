@@ -20,7 +20,14 @@ class DDS(Guidance):
 
     cite = "Chung, Lee & Ye 2024, DDS Eq. 14"
 
-    def __init__(self, operator: LinearOperator, y: Tensor, cg_steps: int = 5, reg: float = 0.0, clip: float | None = None) -> None:
+    def __init__(
+        self,
+        operator: LinearOperator,
+        y: Tensor,
+        cg_steps: int = 5,
+        reg: float = 0.0,
+        clip: float | None = None,
+    ) -> None:
         super().__init__(operator, y)
         self.cg_steps = int(cg_steps)
         self.reg = float(reg)

@@ -24,7 +24,14 @@ class DPS(Guidance):
     cite = "Chung et al. 2023, DPS Alg. 1"
     needs_grad = True
 
-    def __init__(self, operator: LinearOperator, y: Tensor, zeta: float = 1.0, squared: bool = False, alpha_power: float = 0.0) -> None:
+    def __init__(
+        self,
+        operator: LinearOperator,
+        y: Tensor,
+        zeta: float = 1.0,
+        squared: bool = False,
+        alpha_power: float = 0.0,
+    ) -> None:
         super().__init__(operator, y)
         self.zeta = float(zeta)
         self.squared = bool(squared)

@@ -47,12 +47,16 @@ class GaussianScore(Guidance):
         terms: Sequence[LikelihoodTerm | tuple] = (),
     ) -> None:
         super().__init__(operator, y)
-        first = LikelihoodTerm(operator, y, operator.noise_std if noise_std is None else float(noise_std), float(weight))
+        first = LikelihoodTerm(
+            operator, y, operator.noise_std if noise_std is None else float(noise_std), float(weight)
+        )
         self.terms = [first] + [t if isinstance(t, LikelihoodTerm) else LikelihoodTerm(*t) for t in terms]
         if gamma < 0 or any(t.noise_std < 0 or t.weight < 0 for t in self.terms):
             raise ConfigError("guidance gaussian_score: gamma, noise_std and weight must be >= 0")
         if gamma == 0 and any(t.noise_std == 0 for t in self.terms):
-            raise ConfigError("guidance gaussian_score: a noiseless term needs gamma > 0 (the variance would be 0)")
+            raise ConfigError(
+                "guidance gaussian_score: a noiseless term needs gamma > 0 (the variance would be 0)"
+            )
         self.gamma = float(gamma)
 
     def conditional(self, D: Denoiser, x: Tensor, t: Tensor) -> Tensor:
@@ -61,7 +65,9 @@ class GaussianScore(Guidance):
     def loglik(self, D: Denoiser, x0: Tensor, t: Tensor) -> Tensor:
         """Σ_m −w_m ‖y_m − A_m x̂0‖² / (2 var_m(t)), one value per particle."""
         sch = D.schedule
-        inflation = (self.gamma * (sch.sigma(t) / sch.alpha(t)) ** 2).to(device=x0.device, dtype=x0.real.dtype)
+        inflation = (self.gamma * (sch.sigma(t) / sch.alpha(t)) ** 2).to(
+            device=x0.device, dtype=x0.real.dtype
+        )
         total = torch.zeros(x0.shape[0], dtype=x0.real.dtype, device=x0.device)
         for term in self.terms:
             r = term.y - term.operator.A(x0)

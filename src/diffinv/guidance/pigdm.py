@@ -27,7 +27,14 @@ class PiGDM(Guidance):
     cite = "Song et al. 2023, PiGDM Eq. 7-8"
     needs_grad = True
 
-    def __init__(self, operator: LinearOperator, y: Tensor, weight: float = 1.0, cg_steps: int = 10, alpha_power: float = 0.0) -> None:
+    def __init__(
+        self,
+        operator: LinearOperator,
+        y: Tensor,
+        weight: float = 1.0,
+        cg_steps: int = 10,
+        alpha_power: float = 0.0,
+    ) -> None:
         super().__init__(operator, y)
         self.weight = float(weight)
         self.cg_steps = int(cg_steps)
@@ -41,5 +48,7 @@ class PiGDM(Guidance):
         r2 = (D.schedule.sigma(t) ** 2).reshape((-1,) + (1,) * (self.y.ndim - 1))
         resid = (self.y - op.A(x0)).detach()
         r2 = r2.to(device=resid.device, dtype=resid.real.dtype)
-        v = conjugate_gradient(lambda u: r2 * op.A(op.A_adjoint(u)) + noise_var * u, resid, resid.clone(), self.cg_steps)
+        v = conjugate_gradient(
+            lambda u: r2 * op.A(op.A_adjoint(u)) + noise_var * u, resid, resid.clone(), self.cg_steps
+        )
         return inner(v, op.A(x0))

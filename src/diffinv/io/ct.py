@@ -88,7 +88,9 @@ class Scan:
         return int(rows_per_chunk or max(1, _CHUNK_BYTES // max(bytes_per_projection, 1)))
 
 
-def attenuation(intensity: np.ndarray, flat: np.ndarray | float, dark: np.ndarray | float, min_transmission: float = 1e-4) -> np.ndarray:
+def attenuation(
+    intensity: np.ndarray, flat: np.ndarray | float, dark: np.ndarray | float, min_transmission: float = 1e-4
+) -> np.ndarray:
     """``-ln((I - D) / (F - D))`` with the transmission clipped below at ``min_transmission``.
 
     Pixels whose flat does not exceed the dark get the clipped value too.
@@ -138,7 +140,11 @@ def detect_layout(path: Path) -> str:
     if magic[:4] in _TIFF_MAGIC:
         return "intensity"
     if magic != _HDF5_MAGIC:
-        raise InputError(path, f"unknown format (first bytes {magic[:4]!r}): expected HDF5, NeXus or TIFF", "pass LoDoPaB HDF5, NeXus scans or TIFF/HDF5 sinograms")
+        raise InputError(
+            path,
+            f"unknown format (first bytes {magic[:4]!r}): expected HDF5, NeXus or TIFF",
+            "pass LoDoPaB HDF5, NeXus scans or TIFF/HDF5 sinograms",
+        )
     with _h5(path) as f:
         if any(_attr_str(g, "NX_class") == "NXentry" for g in _groups(f)):
             return "nexus"
@@ -148,7 +154,11 @@ def detect_layout(path: Path) -> str:
                 return "intensity"
             if data.ndim == 3:
                 return "lodopab"
-        raise InputError(path, f"unknown layout: root holds {sorted(f.keys())}, not a LoDoPaB 'data' stack, intensity 'data'/'flat'/'dark' or a NeXus entry", "pass a supported file or set layout=")
+        raise InputError(
+            path,
+            f"unknown layout: root holds {sorted(f.keys())}, not a LoDoPaB 'data' stack, intensity 'data'/'flat'/'dark' or a NeXus entry",
+            "pass a supported file or set layout=",
+        )
 
 
 def _magic(path: Path) -> bytes:
@@ -160,7 +170,9 @@ def _h5(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as exc:
-        raise InputError(path, f"unreadable HDF5 ({exc})", "the file is truncated or corrupt; download it again") from exc
+        raise InputError(
+            path, f"unreadable HDF5 ({exc})", "the file is truncated or corrupt; download it again"
+        ) from exc
 
 
 def _groups(f: h5py.Group) -> Iterator[h5py.Group]:
@@ -177,7 +189,11 @@ def _lodopab(path: Path, options: dict[str, Any]) -> Scan:
     with _h5(path) as f:
         data = f.get("data")
         if not isinstance(data, h5py.Dataset) or data.ndim != 3:
-            raise InputError(path, "LoDoPaB observation files hold a 3D dataset 'data' (samples, angles, detectors)", "pass observation_*.hdf5 files")
+            raise InputError(
+                path,
+                "LoDoPaB observation files hold a 3D dataset 'data' (samples, angles, detectors)",
+                "pass observation_*.hdf5 files",
+            )
         n, n_angles, n_det = data.shape
     half = LODOPAB_HALF_WIDTH * np.sqrt(2.0)
     truth = path.with_name(path.name.replace("observation", "ground_truth", 1))
@@ -187,8 +203,21 @@ def _lodopab(path: Path, options: dict[str, Any]) -> Scan:
             return np.asarray(f["data"][start:stop], dtype=np.float32)
 
     return Scan(
-        path, "lodopab", (np.arange(n_angles) + 0.5) * np.pi / n_angles, n, _pixels(n_det, 2 * half / n_det), read,
-        attrs={"geometry": "parallel", "detector_spacing": 2 * half / n_det, "detector_units": "m", "mu_max": LODOPAB_MU_MAX, "photons_per_pixel": LODOPAB_PHOTONS, "image_extent": 2 * LODOPAB_HALF_WIDTH, "quantity": "-ln(I/I0)/mu_max: line integrals of the attenuation normalised by mu_max, in m"},
+        path,
+        "lodopab",
+        (np.arange(n_angles) + 0.5) * np.pi / n_angles,
+        n,
+        _pixels(n_det, 2 * half / n_det),
+        read,
+        attrs={
+            "geometry": "parallel",
+            "detector_spacing": 2 * half / n_det,
+            "detector_units": "m",
+            "mu_max": LODOPAB_MU_MAX,
+            "photons_per_pixel": LODOPAB_PHOTONS,
+            "image_extent": 2 * LODOPAB_HALF_WIDTH,
+            "quantity": "-ln(I/I0)/mu_max: line integrals of the attenuation normalised by mu_max, in m",
+        },
         truth=truth if "observation" in path.name and truth.exists() else None,
     )
 
@@ -196,7 +225,9 @@ def _lodopab(path: Path, options: dict[str, Any]) -> Scan:
 # --- raw intensities ----------------------------------------------------------------------------
 
 
-def _field(value: Any, name: str, own: np.ndarray | None, detector: tuple[int, ...]) -> np.ndarray | float | str:
+def _field(
+    value: Any, name: str, own: np.ndarray | None, detector: tuple[int, ...]
+) -> np.ndarray | float | str:
     """A flat or dark field from an option (file or number) or the input's own, frames averaged."""
     if value is None:
         return own if own is not None else ("edges" if name == "flat" else 0.0)
@@ -213,10 +244,16 @@ def _load_array(path: Path, what: str) -> np.ndarray:
         try:
             return tifffile.imread(path)
         except Exception as exc:  # tifffile raises several types for corrupt files
-            raise InputError(path, f"unreadable TIFF ({type(exc).__name__}: {exc})", "the file is truncated or corrupt") from exc
+            raise InputError(
+                path, f"unreadable TIFF ({type(exc).__name__}: {exc})", "the file is truncated or corrupt"
+            ) from exc
     with _h5(path) as f:
         if not isinstance(f.get("data"), h5py.Dataset):
-            raise InputError(path, f"no dataset 'data' (has {sorted(f.keys())})", f"pass a TIFF or an HDF5 file with 'data' as {what}")
+            raise InputError(
+                path,
+                f"no dataset 'data' (has {sorted(f.keys())})",
+                f"pass a TIFF or an HDF5 file with 'data' as {what}",
+            )
         return f["data"][()]
 
 
@@ -231,7 +268,11 @@ def _mean_frames(arr: np.ndarray, detector: tuple[int, ...]) -> np.ndarray:
 def _intensity(path: Path, options: dict[str, Any]) -> Scan:
     stack = _load_array(path, "intensity")
     if stack.ndim not in (2, 3):
-        raise InputError(path, f"intensity data has shape {stack.shape}; expected (angle, detector) or (angle, row, column)", "pass sinograms or projection stacks")
+        raise InputError(
+            path,
+            f"intensity data has shape {stack.shape}; expected (angle, detector) or (angle, row, column)",
+            "pass sinograms or projection stacks",
+        )
     detector = stack.shape[1:]
     own: dict[str, np.ndarray | None] = {"flat": None, "dark": None}
     angles = None
@@ -241,7 +282,11 @@ def _intensity(path: Path, options: dict[str, Any]) -> Scan:
                 if name in f:
                     own[name] = _mean_frames(f[name][()], detector)
             if "angles" in f:
-                angles = _to_radians(f["angles"][()], _attr_str(f["angles"], "units", options.get("angle_units", "deg")), f"{path}:/angles")
+                angles = _to_radians(
+                    f["angles"][()],
+                    _attr_str(f["angles"], "units", options.get("angle_units", "deg")),
+                    f"{path}:/angles",
+                )
     flat = _field(options.get("flat"), "flat", own["flat"], detector)
     dark = _field(options.get("dark"), "dark", own["dark"], detector)
     width = int(options.get("open_beam_width", 10))
@@ -253,7 +298,11 @@ def _intensity(path: Path, options: dict[str, Any]) -> Scan:
     rows = stack[:, None, :] if stack.ndim == 2 else stack  # (angle, row, column)
     for name, value in (("flat", flat), ("dark", dark)):
         if isinstance(value, np.ndarray) and value.shape != detector:
-            raise InputError(path, f"{name} field shape {value.shape} does not match the detector {detector}", f"pass a {name} field of the detector's shape")
+            raise InputError(
+                path,
+                f"{name} field shape {value.shape} does not match the detector {detector}",
+                f"pass a {name} field of the detector's shape",
+            )
 
     def read(start: int, stop: int) -> np.ndarray:
         part = rows[:, start:stop]
@@ -262,7 +311,22 @@ def _intensity(path: Path, options: dict[str, Any]) -> Scan:
         return attenuation(part, f_, d_, min_t).transpose(1, 0, 2)
 
     flat_note = "edges: median of the detector edge pixels per row" if isinstance(flat, str) else "given"
-    return Scan(path, "intensity", angles, rows.shape[1], _pixels(rows.shape[2]), read, attrs={"geometry": "parallel", "detector_spacing": 1.0, "detector_units": "pixel", "flat_field": flat_note, "min_transmission": min_t, "quantity": "-ln(I/I0): attenuation line integrals, dimensionless"})
+    return Scan(
+        path,
+        "intensity",
+        angles,
+        rows.shape[1],
+        _pixels(rows.shape[2]),
+        read,
+        attrs={
+            "geometry": "parallel",
+            "detector_spacing": 1.0,
+            "detector_units": "pixel",
+            "flat_field": flat_note,
+            "min_transmission": min_t,
+            "quantity": "-ln(I/I0): attenuation line integrals, dimensionless",
+        },
+    )
 
 
 def _rows(value: np.ndarray | float, start: int, stop: int) -> np.ndarray | float:
@@ -291,17 +355,33 @@ def _nexus_paths(f: h5py.File, path: Path, options: dict[str, Any]) -> tuple[str
     datasets = dict(_walk(f))
     stacks = {n: d for n, d in datasets.items() if d.ndim == 3 and d.shape[0] > 1}
     keys = {n: d for n, d in datasets.items() if n.rsplit("/", 1)[-1] == "image_key" and d.ndim == 1}
-    data = options.get("data_path") or next((n for n, d in stacks.items() if any(len(k) == d.shape[0] for k in keys.values())), None)
+    data = options.get("data_path") or next(
+        (n for n, d in stacks.items() if any(len(k) == d.shape[0] for k in keys.values())), None
+    )
     if data is None or data not in datasets:
-        raise InputError(path, f"unknown layout: no 3D frame stack with a matching image_key (stacks {sorted(stacks)}, image keys {sorted(keys)})", "set data_path= and image_key_path=")
+        raise InputError(
+            path,
+            f"unknown layout: no 3D frame stack with a matching image_key (stacks {sorted(stacks)}, image keys {sorted(keys)})",
+            "set data_path= and image_key_path=",
+        )
     frames = datasets[data].shape[0]
     key = options.get("image_key_path") or next((n for n, d in keys.items() if len(d) == frames), None)
     group = data.rsplit("/", 1)[0]
-    angle_like = [n for n, d in datasets.items() if d.ndim == 1 and len(d) == frames and ("rotation_angle" in n or "theta" in n.rsplit("/", 1)[-1])]
-    angles = options.get("angles_path") or next(iter(sorted(angle_like, key=lambda n: (not n.startswith(group), "rotation_angle" not in n))), None)
+    angle_like = [
+        n
+        for n, d in datasets.items()
+        if d.ndim == 1 and len(d) == frames and ("rotation_angle" in n or "theta" in n.rsplit("/", 1)[-1])
+    ]
+    angles = options.get("angles_path") or next(
+        iter(sorted(angle_like, key=lambda n: (not n.startswith(group), "rotation_angle" not in n))), None
+    )
     for name, what in ((key, "image_key"), (angles, "rotation angles")):
         if name is None or name not in datasets:
-            raise InputError(path, f"no {what} dataset of length {frames} for {data}", f"set {'image_key_path' if what == 'image_key' else 'angles_path'}=")
+            raise InputError(
+                path,
+                f"no {what} dataset of length {frames} for {data}",
+                f"set {'image_key_path' if what == 'image_key' else 'angles_path'}=",
+            )
     return data, key, angles
 
 
@@ -310,7 +390,9 @@ def _nexus(path: Path, options: dict[str, Any]) -> Scan:
         data_path, key_path, angles_path = _nexus_paths(f, path, options)
         key = f[key_path][()]
         ang = f[angles_path]
-        angles_all = _to_radians(ang[()], _attr_str(ang, "units", options.get("angle_units", "deg")), f"{path}:{angles_path}")
+        angles_all = _to_radians(
+            ang[()], _attr_str(ang, "units", options.get("angle_units", "deg")), f"{path}:{angles_path}"
+        )
         _, rows, cols = f[data_path].shape
     proj, flats, darks = (np.flatnonzero(key == k) for k in (0, 1, 2))
     if not len(proj):
@@ -326,13 +408,31 @@ def _nexus(path: Path, options: dict[str, Any]) -> Scan:
         with _h5(path) as f:
             dset = f[data_path]
             intensity = frames(dset, proj, start, stop)
-            flat = frames(dset, flats, start, stop).mean(axis=0) if len(flats) else edge_flat(intensity, width)
+            flat = (
+                frames(dset, flats, start, stop).mean(axis=0) if len(flats) else edge_flat(intensity, width)
+            )
             dark = frames(dset, darks, start, stop).mean(axis=0) if len(darks) else 0.0
         return attenuation(intensity, flat, dark, min_t).transpose(1, 0, 2)
 
     return Scan(
-        path, "nexus", angles_all[proj], rows, _pixels(cols), read,
-        attrs={"geometry": "parallel", "detector_spacing": 1.0, "detector_units": "pixel", "nexus_data": data_path, "nexus_image_key": key_path, "nexus_angles": angles_path, "n_flat": len(flats), "n_dark": len(darks), "min_transmission": min_t, "quantity": "-ln((I - D)/(F - D)): attenuation line integrals, dimensionless"},
+        path,
+        "nexus",
+        angles_all[proj],
+        rows,
+        _pixels(cols),
+        read,
+        attrs={
+            "geometry": "parallel",
+            "detector_spacing": 1.0,
+            "detector_units": "pixel",
+            "nexus_data": data_path,
+            "nexus_image_key": key_path,
+            "nexus_angles": angles_path,
+            "n_flat": len(flats),
+            "n_dark": len(darks),
+            "min_transmission": min_t,
+            "quantity": "-ln((I - D)/(F - D)): attenuation line integrals, dimensionless",
+        },
     )
 
 
@@ -355,15 +455,33 @@ def open_scan(path: str | Path, **options: Any) -> Scan:
 
 def _dataset(scan: Scan, sino: np.ndarray, truth: np.ndarray | None) -> xr.Dataset:
     ds = xr.Dataset(
-        {"sinogram": (("projection", "angle", "detector"), sino, {"units": "m" if scan.layout == "lodopab" else "1", "long_name": "post-log projection data"})},
+        {
+            "sinogram": (
+                ("projection", "angle", "detector"),
+                sino,
+                {"units": "m" if scan.layout == "lodopab" else "1", "long_name": "post-log projection data"},
+            )
+        },
         coords={
             "angle": ("angle", scan.angles, {"units": "rad", "long_name": "rotation angle"}),
-            "detector": ("detector", scan.detector, {"units": scan.attrs["detector_units"], "long_name": "detector pixel centre"}),
+            "detector": (
+                "detector",
+                scan.detector,
+                {"units": scan.attrs["detector_units"], "long_name": "detector pixel centre"},
+            ),
         },
-        attrs={"layout": "(projection, angle, detector): projection indexes sinograms (samples or detector rows)", "source_layout": scan.layout, **scan.attrs},
+        attrs={
+            "layout": "(projection, angle, detector): projection indexes sinograms (samples or detector rows)",
+            "source_layout": scan.layout,
+            **scan.attrs,
+        },
     )
     if truth is not None:
-        ds["truth"] = (("projection", "y", "x"), truth, {"units": "1", "long_name": "ground-truth attenuation normalised by mu_max"})
+        ds["truth"] = (
+            ("projection", "y", "x"),
+            truth,
+            {"units": "1", "long_name": "ground-truth attenuation normalised by mu_max"},
+        )
     return ds
 
 
@@ -395,7 +513,13 @@ def read_ct(path: str | Path, **options: Any) -> xr.Dataset:
     """
     scan = open_scan(path, **options)
     blocks = list(_blocks(scan, options.get("rows_per_chunk")))
-    return xr.concat(blocks, dim="projection", data_vars="minimal", coords="minimal", compat="override", join="exact") if len(blocks) > 1 else blocks[0]
+    return (
+        xr.concat(
+            blocks, dim="projection", data_vars="minimal", coords="minimal", compat="override", join="exact"
+        )
+        if len(blocks) > 1
+        else blocks[0]
+    )
 
 
 def _same_geometry(a: Scan, b: Scan) -> bool:
@@ -427,10 +551,16 @@ def ingest(inputs: list[Path], out: Path, **options: Any) -> Path:
     first = scans[0]
     for scan in scans[1:]:
         if not _same_geometry(first, scan):
-            raise InputError(scan.path, f"layout, angles, detector or ground truth differ from {first.path}", "ingest files of one geometry together")
+            raise InputError(
+                scan.path,
+                f"layout, angles, detector or ground truth differ from {first.path}",
+                "ingest files of one geometry together",
+            )
     blocks = itertools.chain.from_iterable(_blocks(s, options.get("rows_per_chunk")) for s in scans)
     head = next(blocks)
-    set_provenance(head, provenance(source_files=[str(s.path) for s in scans], options=options, reader="diffinv.io.ct"))
+    set_provenance(
+        head, provenance(source_files=[str(s.path) for s in scans], options=options, reader="diffinv.io.ct")
+    )
     chunks = {"chunks": (head.sizes["projection"], *head["sinogram"].shape[1:])}
     encoding = {"sinogram": chunks}
     if "truth" in head:

@@ -108,21 +108,37 @@ def open_era5(path: str | Path, grib_filter: dict[str, Any] | None = None) -> xr
     except InputError:
         raise
     except Exception as exc:  # the backends raise many types for corrupt input
-        raise InputError(path, f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})", "the file is truncated or corrupt; download it again") from exc
-    raise InputError(path, f"unknown format (first bytes {magic[:4]!r}): expected netCDF, GRIB or a zarr folder", "pass ERA5 netCDF, GRIB or zarr")
+        raise InputError(
+            path,
+            f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+            "the file is truncated or corrupt; download it again",
+        ) from exc
+    raise InputError(
+        path,
+        f"unknown format (first bytes {magic[:4]!r}): expected netCDF, GRIB or a zarr folder",
+        "pass ERA5 netCDF, GRIB or zarr",
+    )
 
 
 def _open_grib(path: Path, grib_filter: dict[str, Any] | None) -> xr.Dataset:
     try:
         import cfgrib  # noqa: F401
     except (ImportError, RuntimeError) as exc:  # RuntimeError: cfgrib without the ecCodes library
-        raise InputError(path, f"reading GRIB needs cfgrib and ecCodes ({exc})", "pip install 'diffinv[grib]'") from exc
+        raise InputError(
+            path, f"reading GRIB needs cfgrib and ecCodes ({exc})", "pip install 'diffinv[grib]'"
+        ) from exc
     kwargs = {"indexpath": "", "filter_by_keys": dict(grib_filter or {})}
     try:
-        return xr.open_dataset(path, engine="cfgrib", backend_kwargs=kwargs, decode_timedelta=True, chunks=None)
+        return xr.open_dataset(
+            path, engine="cfgrib", backend_kwargs=kwargs, decode_timedelta=True, chunks=None
+        )
     except Exception as exc:
         if type(exc).__name__ == "DatasetBuildError":
-            raise InputError(path, f"GRIB messages do not form one hypercube ({str(exc).splitlines()[0]})", "select one kind with --set grib_filter={typeOfLevel: isobaricInhPa} (or surface)") from exc
+            raise InputError(
+                path,
+                f"GRIB messages do not form one hypercube ({str(exc).splitlines()[0]})",
+                "select one kind with --set grib_filter={typeOfLevel: isobaricInhPa} (or surface)",
+            ) from exc
         raise
 
 
@@ -133,7 +149,11 @@ def _time_axis(ds: xr.Dataset, path: Path, climatology_year: int) -> xr.Dataset:
     if "valid_time" in ds.coords:
         vt = ds["valid_time"]
         if vt.ndim > 1:
-            raise InputError(path, f"forecast fields over several reference times and steps {vt.dims}", "select one step with --set grib_filter={step: 0} or pass analysis fields")
+            raise InputError(
+                path,
+                f"forecast fields over several reference times and steps {vt.dims}",
+                "select one step with --set grib_filter={step: 0} or pass analysis fields",
+            )
         ds = ds.drop_vars([c for c in ("time", "step", "valid_time") if c in ds.coords])
         if vt.ndim == 0:
             return ds.expand_dims(time=[vt.values])
@@ -144,10 +164,19 @@ def _time_axis(ds: xr.Dataset, path: Path, climatology_year: int) -> xr.Dataset:
     if "month" in ds.dims:
         months = ds["month"].values.astype(int)
         stamps = np.array([np.datetime64(f"{climatology_year:04d}-{m:02d}-01", "ns") for m in months])
-        ds = ds.rename(month="time").assign_coords(time=("time", stamps), month=("time", months, {"long_name": "month of the climatology", "units": "1"}))
-        ds["time"].attrs["comment"] = f"monthly climatology: the year {climatology_year} is nominal (option climatology_year)"
+        ds = ds.rename(month="time").assign_coords(
+            time=("time", stamps),
+            month=("time", months, {"long_name": "month of the climatology", "units": "1"}),
+        )
+        ds["time"].attrs["comment"] = (
+            f"monthly climatology: the year {climatology_year} is nominal (option climatology_year)"
+        )
         return ds
-    raise InputError(path, f"unknown layout: no valid_time, time or month axis (dims {dict(ds.sizes)})", "pass ERA5 fields on a time axis")
+    raise InputError(
+        path,
+        f"unknown layout: no valid_time, time or month axis (dims {dict(ds.sizes)})",
+        "pass ERA5 fields on a time axis",
+    )
 
 
 def _level_axis(ds: xr.Dataset, path: Path) -> xr.Dataset:
@@ -160,11 +189,20 @@ def _level_axis(ds: xr.Dataset, path: Path) -> xr.Dataset:
     if units == "Pa":
         values = values / 100.0
     elif units not in _HPA_UNITS and not (units == "" and values.max() <= 1100):
-        raise InputError(path, f"pressure coordinate {name!r} has units {units!r}", "pass levels in Pa or hPa")
-    attrs = {"units": "hPa", "long_name": "pressure level", "standard_name": "air_pressure", "positive": "down"}
+        raise InputError(
+            path, f"pressure coordinate {name!r} has units {units!r}", "pass levels in Pa or hPa"
+        )
+    attrs = {
+        "units": "hPa",
+        "long_name": "pressure level",
+        "standard_name": "air_pressure",
+        "positive": "down",
+    }
     if ds[name].ndim == 0:
         ds = ds.drop_vars(name)
-        return ds.assign({k: v.expand_dims(level=values.reshape(1)) for k, v in ds.data_vars.items()}).assign_coords(level=("level", values.reshape(1), attrs))
+        return ds.assign(
+            {k: v.expand_dims(level=values.reshape(1)) for k, v in ds.data_vars.items()}
+        ).assign_coords(level=("level", values.reshape(1), attrs))
     ds = ds.rename({name: "level"}) if name != "level" else ds
     return ds.assign_coords(level=("level", values, attrs))
 
@@ -172,10 +210,20 @@ def _level_axis(ds: xr.Dataset, path: Path) -> xr.Dataset:
 def _normalise(ds: xr.Dataset, path: Path, climatology_year: int) -> xr.Dataset:
     """The schema's names, dims and coordinates, still lazy (see the module docstring)."""
     ds = ds.rename({k: v for k, v in ARCO_NAMES.items() if k in ds.data_vars and v not in ds.data_vars})
-    ds = ds.rename({k: v for k, v in (("lat", "latitude"), ("lon", "longitude")) if k in ds.variables and v not in ds.variables})
+    ds = ds.rename(
+        {
+            k: v
+            for k, v in (("lat", "latitude"), ("lon", "longitude"))
+            if k in ds.variables and v not in ds.variables
+        }
+    )
     for name in ("latitude", "longitude"):
         if name not in ds.dims:
-            raise InputError(path, f"unknown layout: no {name} axis (dims {dict(ds.sizes)})", "pass fields on a regular latitude/longitude grid")
+            raise InputError(
+                path,
+                f"unknown layout: no {name} axis (dims {dict(ds.sizes)})",
+                "pass fields on a regular latitude/longitude grid",
+            )
     ds = _time_axis(ds, path, climatology_year)
     ds = _level_axis(ds, path)
     member = next((n for n in ("number", "realization") if n in ds.dims), None)
@@ -183,13 +231,23 @@ def _normalise(ds: xr.Dataset, path: Path, climatology_year: int) -> xr.Dataset:
         ds = ds.rename({member: "member"})
     if "expver" in ds.coords and ds["expver"].dims == ("time",):
         expver = np.array([int(str(v).strip() or 0) for v in ds["expver"].values], dtype=np.int16)
-        ds = ds.assign_coords(expver=("time", expver, {"long_name": "ECMWF experiment version (1: ERA5, 5: ERA5T)", "units": "1"}))
+        ds = ds.assign_coords(
+            expver=(
+                "time",
+                expver,
+                {"long_name": "ECMWF experiment version (1: ERA5, 5: ERA5T)", "units": "1"},
+            )
+        )
     keep = set(DIMS) | {"expver", "month"}
     ds = ds.drop_vars([c for c in ds.coords if c not in keep])
     for name, var in ds.data_vars.items():
         extra = set(var.dims) - set(DIMS)
         if extra:
-            raise InputError(path, f"unknown layout: variable {name!r} has dimension(s) {sorted(extra)}", "pass fields on (time, [number,] [level,] latitude, longitude)")
+            raise InputError(
+                path,
+                f"unknown layout: variable {name!r} has dimension(s) {sorted(extra)}",
+                "pass fields on (time, [number,] [level,] latitude, longitude)",
+            )
     ds = ds.transpose(*[d for d in DIMS if d in ds.dims])
     ds["time"] = ds["time"].astype("datetime64[ns]")
     ds["time"].attrs.update(standard_name="time", long_name="valid time")
@@ -210,16 +268,28 @@ def _select(ds: xr.Dataset, path: Path, options: dict[str, Any]) -> xr.Dataset:
     if variables is not None:
         missing = [v for v in variables if v not in ds.data_vars]
         if missing:
-            raise InputError(path, f"variable {missing[0]!r} not in the file (has {', '.join(ds.data_vars)})", "fix the variables option")
+            raise InputError(
+                path,
+                f"variable {missing[0]!r} not in the file (has {', '.join(ds.data_vars)})",
+                "fix the variables option",
+            )
         ds = ds[list(variables)]
     levels = _as_list(options.get("levels"))
     if levels is not None:
         if "level" not in ds.dims:
-            raise InputError(path, "levels selected but the file has no pressure levels", "drop the levels option for single-level files")
+            raise InputError(
+                path,
+                "levels selected but the file has no pressure levels",
+                "drop the levels option for single-level files",
+            )
         have = ds["level"].values
         missing = [lev for lev in levels if not np.isclose(have, float(lev)).any()]
         if missing:
-            raise InputError(path, f"level {missing[0]} hPa not in the file (has {', '.join(f'{v:g}' for v in have)})", "fix the levels option")
+            raise InputError(
+                path,
+                f"level {missing[0]} hPa not in the file (has {', '.join(f'{v:g}' for v in have)})",
+                "fix the levels option",
+            )
         ds = ds.isel(level=[int(np.flatnonzero(np.isclose(have, float(lev)))[0]) for lev in levels])
     ds = ds.isel(time=np.flatnonzero(opt.in_time(ds["time"].values, opt.time_range(options.get("time")))))
     lat = ds["latitude"].values
@@ -232,8 +302,18 @@ def _select(ds: xr.Dataset, path: Path, options: dict[str, Any]) -> xr.Dataset:
     order = keep[np.argsort(lon[keep], kind="stable")]
     west, east = opt.wrap_lon(np.array(box), convention) if box is not None else (0.0, 0.0)
     if west > east and (box[1] - box[0]) % 360 != 0:
-        raise InputError(path, f"the lon box {list(box)} crosses the seam of the {convention} convention", "use the other lon_convention")
-    ds = ds.isel(longitude=order).assign_coords(longitude=("longitude", lon[order], {"units": "degrees_east", "long_name": "longitude", "standard_name": "longitude"}))
+        raise InputError(
+            path,
+            f"the lon box {list(box)} crosses the seam of the {convention} convention",
+            "use the other lon_convention",
+        )
+    ds = ds.isel(longitude=order).assign_coords(
+        longitude=(
+            "longitude",
+            lon[order],
+            {"units": "degrees_east", "long_name": "longitude", "standard_name": "longitude"},
+        )
+    )
     ds["latitude"].attrs = {"units": "degrees_north", "long_name": "latitude", "standard_name": "latitude"}
     ds.attrs["longitude_convention"] = convention
     return ds
@@ -260,7 +340,9 @@ def read_era5(path: str | Path, **options: Any) -> xr.Dataset:
     ds = _normalise(ds, path, int(options.get("climatology_year", 2000)))
     ds = _select(ds, path, options)
     if not all(ds.sizes.values()) or not ds.data_vars:
-        raise InputError(path, f"the selection is empty (sizes {dict(ds.sizes)})", "widen the time/lat/lon/levels options")
+        raise InputError(
+            path, f"the selection is empty (sizes {dict(ds.sizes)})", "widen the time/lat/lon/levels options"
+        )
     return ds
 
 
@@ -276,11 +358,19 @@ def _chunks(ds: xr.Dataset, time_chunk: int) -> Iterator[xr.Dataset]:
 
 def _check_compatible(first: xr.Dataset, other: xr.Dataset, path: Path) -> None:
     if set(first.data_vars) != set(other.data_vars):
-        raise InputError(path, f"variables {sorted(other.data_vars)} differ from the first input's {sorted(first.data_vars)}", "ingest files with different variables into separate stores, or select common variables")
+        raise InputError(
+            path,
+            f"variables {sorted(other.data_vars)} differ from the first input's {sorted(first.data_vars)}",
+            "ingest files with different variables into separate stores, or select common variables",
+        )
     for dim in ("member", "level", "latitude", "longitude"):
         a, b = first.get(dim), other.get(dim)
         if (a is None) != (b is None) or (a is not None and not np.array_equal(a.values, b.values)):
-            raise InputError(path, f"{dim} axis differs from the first input's", "ingest files on one grid and level set together, or select a common subset")
+            raise InputError(
+                path,
+                f"{dim} axis differs from the first input's",
+                "ingest files on one grid and level set together, or select a common subset",
+            )
 
 
 def ingest(inputs: list[Path], out: Path, **options: Any) -> Path:
@@ -299,19 +389,25 @@ def ingest(inputs: list[Path], out: Path, **options: Any) -> Path:
     opt.check_options("ingest era5", options, OPTIONS)
     reader_options = {k: v for k, v in options.items() if k != "time_chunk"}
     files = opt.input_files(inputs, (".nc", ".grib", ".grb", ".grib2", ".grb2"), "ERA5", is_input=_is_zarr)
-    datasets = sorted(((read_era5(p, **reader_options), p) for p in files), key=lambda dp: dp[0]["time"].values[0])
+    datasets = sorted(
+        ((read_era5(p, **reader_options), p) for p in files), key=lambda dp: dp[0]["time"].values[0]
+    )
     first = datasets[0][0]
     for (ds, path), (prev, prev_path) in zip(datasets[1:], datasets[:-1]):
         _check_compatible(first, ds, path)
         if ds["time"].values[0] <= prev["time"].values[-1]:
             raise InputError(path, f"times overlap those of {prev_path}", "pass each time step once")
-    step_bytes = sum(v.dtype.itemsize * v.size // max(first.sizes["time"], 1) for v in first.data_vars.values())
+    step_bytes = sum(
+        v.dtype.itemsize * v.size // max(first.sizes["time"], 1) for v in first.data_vars.values()
+    )
     time_chunk = int(options.get("time_chunk") or max(1, _CHUNK_BYTES // max(step_bytes, 1)))
     blocks = itertools.chain.from_iterable(_chunks(ds, time_chunk) for ds, _ in datasets)
     head = next(blocks)
-    set_provenance(head, provenance(source_files=[str(p) for _, p in datasets], options=options, reader="diffinv.io.era5"))
+    set_provenance(
+        head,
+        provenance(source_files=[str(p) for _, p in datasets], options=options, reader="diffinv.io.era5"),
+    )
     encoding: dict[str, dict[str, Any]] = {"time": _TIME_ENCODING}
     for name, var in head.data_vars.items():
         encoding[name] = {"chunks": (time_chunk, *var.shape[1:])}
     return write_zarr_blocks(itertools.chain([head], blocks), out, "time", encoding)
-

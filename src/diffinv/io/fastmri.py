@@ -60,7 +60,9 @@ def parse_header(xml: bytes | str, path: Path) -> Header:
         center = q("encodingLimits", "kspace_encoding_step_1", "center")
         maximum = q("encodingLimits", "kspace_encoding_step_1", "maximum") + 1
     except (ET.ParseError, KeyError, ValueError) as exc:
-        raise InputError(path, f"ismrmrd_header unreadable ({exc})", "the file needs the fastMRI ISMRMRD XML header") from exc
+        raise InputError(
+            path, f"ismrmrd_header unreadable ({exc})", "the file needs the fastMRI ISMRMRD XML header"
+        ) from exc
     left = enc[1] // 2 - center
     return Header(enc, rec, left, left + maximum)
 
@@ -86,13 +88,23 @@ def read_file(path: Path, kspace_crop: Sequence[int] | None = None) -> xr.Datase
         raise InputError(path, f"not a readable HDF5 file ({exc})", "re-download or regenerate it") from exc
     with f:
         if "kspace" not in f:
-            raise InputError(path, f"no 'kspace' dataset (found: {', '.join(f.keys()) or 'none'})", "give fastMRI .h5 files")
+            raise InputError(
+                path,
+                f"no 'kspace' dataset (found: {', '.join(f.keys()) or 'none'})",
+                "give fastMRI .h5 files",
+            )
         if "ismrmrd_header" not in f:
-            raise InputError(path, "no 'ismrmrd_header' dataset", "give original fastMRI .h5 files, which carry the header")
+            raise InputError(
+                path, "no 'ismrmrd_header' dataset", "give original fastMRI .h5 files, which carry the header"
+            )
         header = parse_header(f["ismrmrd_header"][()], path)
         ds = f["kspace"]
         if ds.ndim not in (3, 4) or not np.issubdtype(ds.dtype, np.complexfloating):
-            raise InputError(path, f"'kspace' has shape {ds.shape} dtype {ds.dtype}", "expected complex (slices, [coils,] H, W)")
+            raise InputError(
+                path,
+                f"'kspace' has shape {ds.shape} dtype {ds.dtype}",
+                "expected complex (slices, [coils,] H, W)",
+            )
         kspace = ds[()].astype(np.complex64)
         target_name = next((n for n in TARGET_NAMES if n in f), None)
         target = f[target_name][()].astype(np.float32) if target_name else None
@@ -104,9 +116,15 @@ def read_file(path: Path, kspace_crop: Sequence[int] | None = None) -> xr.Datase
         raise InputError(path, "'kspace' contains NaN or infinite values", "exclude or repair this file")
     slices, coils, height, width = kspace.shape
     if file_mask is not None and file_mask.shape != (width,):
-        raise InputError(path, f"'mask' has shape {file_mask.shape}, k-space has {width} columns", "the mask must be 1D over the phase-encode columns")
+        raise InputError(
+            path,
+            f"'mask' has shape {file_mask.shape}, k-space has {width} columns",
+            "the mask must be 1D over the phase-encode columns",
+        )
     if target is not None and (target.ndim != 3 or target.shape[0] != slices):
-        raise InputError(path, f"'{target_name}' has shape {target.shape} for {slices} slices", "expected (slices, y, x)")
+        raise InputError(
+            path, f"'{target_name}' has shape {target.shape} for {slices} slices", "expected (slices, y, x)"
+        )
     # remove readout oversampling: crop the image along the readout axis
     if header.encoded[0] > header.recon[0] and height == header.encoded[0]:
         image = _ifft1c(kspace, axis=2)[:, :, _centre_slice(height, header.recon[0])]
@@ -118,7 +136,11 @@ def read_file(path: Path, kspace_crop: Sequence[int] | None = None) -> xr.Datase
     if kspace_crop is not None:
         h, w = (int(v) for v in kspace_crop)
         if h > kspace.shape[2] or w > width:
-            raise InputError(path, f"kspace_crop {h}x{w} is larger than the k-space {kspace.shape[2]}x{width}", "choose a smaller kspace_crop")
+            raise InputError(
+                path,
+                f"kspace_crop {h}x{w} is larger than the k-space {kspace.shape[2]}x{width}",
+                "choose a smaller kspace_crop",
+            )
         kspace = kspace[:, :, _centre_slice(kspace.shape[2], h), _centre_slice(width, w)]
         mask = mask[_centre_slice(width, w)]
     data = {
@@ -135,7 +157,9 @@ def read_file(path: Path, kspace_crop: Sequence[int] | None = None) -> xr.Datase
         "num_low_frequency": ("slice", np.full(slices, int(attrs.get("num_low_frequency", 0)))),
     }
     out = xr.Dataset(data, coords=coords)
-    out["kspace"].attrs.update(long_name="k-space on the reconstruction grid (readout oversampling removed)", units="a.u.")
+    out["kspace"].attrs.update(
+        long_name="k-space on the reconstruction grid (readout oversampling removed)", units="a.u."
+    )
     out["mask"].attrs.update(long_name="acquired phase-encode columns")
     if target is not None:
         out["target"].attrs.update(long_name=f"reference reconstruction ({target_name})", units="a.u.")
@@ -181,6 +205,8 @@ def ingest(inputs: Sequence[Path], out: Path, kspace_crop: Sequence[int] | None 
     files of different widths to one grid). Written atomically.
     """
     files = find_files(inputs)
-    record = provenance(step="ingest fastmri", source_files=[str(f) for f in files], options={"kspace_crop": kspace_crop})
+    record = provenance(
+        step="ingest fastmri", source_files=[str(f) for f in files], options={"kspace_crop": kspace_crop}
+    )
     blocks = (set_provenance(ds, record) for ds in iter_files(files, kspace_crop))
     return write_zarr_blocks(blocks, out, append_dim="slice")

@@ -104,7 +104,9 @@ DATA = Layout(
         Column("wind_speed", 47, 51, "m s-1", "wind speed", 0.1),
     ),
     level_codes=(
-        Column("level_type_major", 1, 1, "1", "LVLTYP1: 1 standard pressure, 2 other pressure, 3 non-pressure"),
+        Column(
+            "level_type_major", 1, 1, "1", "LVLTYP1: 1 standard pressure, 2 other pressure, 3 non-pressure"
+        ),
         Column("level_type_minor", 2, 2, "1", "LVLTYP2: 1 surface, 2 tropopause, 0 other"),
     ),
     flags=(
@@ -123,7 +125,9 @@ DERIVED = Layout(
         Column("precipitable_water", 38, 43, "mm", "precipitable water, surface to 500 hPa", 0.01),
         Column("inversion_pressure", 44, 49, "hPa", "pressure of the warmest level", 0.01),
         Column("inversion_height", 50, 55, "m", "height above surface of the warmest level"),
-        Column("inversion_temperature_difference", 56, 61, long_name="warmest minus surface temperature", **_K10),
+        Column(
+            "inversion_temperature_difference", 56, 61, long_name="warmest minus surface temperature", **_K10
+        ),
         Column("mixed_layer_pressure", 62, 67, "hPa", "pressure at the top of the mixed layer", 0.01),
         Column("mixed_layer_height", 68, 73, "m", "height of the top of the mixed layer"),
         Column("freezing_pressure", 74, 79, "hPa", "pressure of the freezing level", 0.01),
@@ -160,7 +164,9 @@ DERIVED = Layout(
         Column("eastward_wind", 113, 119, "m s-1", "zonal wind", 0.1),
         Column("eastward_wind_gradient", 121, 127, "m s-1 km-1", "vertical gradient of the zonal wind", 0.1),
         Column("northward_wind", 129, 135, "m s-1", "meridional wind", 0.1),
-        Column("northward_wind_gradient", 137, 143, "m s-1 km-1", "vertical gradient of the meridional wind", 0.1),
+        Column(
+            "northward_wind_gradient", 137, 143, "m s-1 km-1", "vertical gradient of the meridional wind", 0.1
+        ),
         Column("refractive_index", 145, 151, "1", "refractive index (N units)"),
     ),
     level_codes=(),
@@ -240,16 +246,27 @@ def _records(path: Path) -> Iterator[tuple[int, bytes, list[bytes]]]:
                         yield header_no, header, levels
                     header, header_no, levels = line, number, []
                 elif header is None:
-                    raise InputError(f"{path}, line {number}", "level line before any header line: not an IGRA v2 file", "pass IGRA v2 station data or derived files")
+                    raise InputError(
+                        f"{path}, line {number}",
+                        "level line before any header line: not an IGRA v2 file",
+                        "pass IGRA v2 station data or derived files",
+                    )
                 else:
                     levels.append(line)
             if header is None:
-                raise InputError(path, "no header line starting with '#': not an IGRA v2 file (or empty)", "pass IGRA v2 station data or derived files")
+                raise InputError(
+                    path,
+                    "no header line starting with '#': not an IGRA v2 file (or empty)",
+                    "pass IGRA v2 station data or derived files",
+                )
             if levels or _numlev(path, header_no, header) == 0:
                 _check_count(path, header_no, header, len(levels), at_end=True)
                 yield header_no, header, levels
             else:
-                warnings.warn(f"{path}, line {header_no}: header without levels at the end of the file ignored", stacklevel=2)
+                warnings.warn(
+                    f"{path}, line {header_no}: header without levels at the end of the file ignored",
+                    stacklevel=2,
+                )
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise InputError(path, f"truncated or corrupt gzip file ({exc})", "download the file again") from exc
 
@@ -260,7 +277,11 @@ def _layout(path: Path, header_no: int, header: bytes) -> Layout:
         return DERIVED
     if width >= DATA.header_columns[-1].stop:
         return DATA
-    raise InputError(f"{path}, line {header_no}", f"header line has {width} columns; IGRA v2 headers have 71 (data) or 157 (derived)", "pass unmodified IGRA v2 files")
+    raise InputError(
+        f"{path}, line {header_no}",
+        f"header line has {width} columns; IGRA v2 headers have 71 (data) or 157 (derived)",
+        "pass unmodified IGRA v2 files",
+    )
 
 
 def _numlev(path: Path, header_no: int, header: bytes) -> int:
@@ -272,7 +293,11 @@ def _check_count(path: Path, header_no: int, header: bytes, found: int, at_end: 
     declared = _numlev(path, header_no, header)
     if found != declared:
         where = "the file ends" if at_end else "the next header comes"
-        raise InputError(f"{path}, line {header_no}", f"header declares {declared} levels but {where} after {found}", "the file is truncated or edited; download it again")
+        raise InputError(
+            f"{path}, line {header_no}",
+            f"header declares {declared} levels but {where} after {found}",
+            "the file is truncated or edited; download it again",
+        )
 
 
 def _int_field(path: Path, number: int, line: bytes, col: Column) -> int:
@@ -280,22 +305,43 @@ def _int_field(path: Path, number: int, line: bytes, col: Column) -> int:
     try:
         return int(text)
     except ValueError:
-        raise InputError(f"{path}, line {number}", f"columns {col.start}-{col.stop} ({col.name}) hold {text.decode(errors='replace')!r}, not an integer", "pass unmodified IGRA v2 files") from None
+        raise InputError(
+            f"{path}, line {number}",
+            f"columns {col.start}-{col.stop} ({col.name}) hold {text.decode(errors='replace')!r}, not an integer",
+            "pass unmodified IGRA v2 files",
+        ) from None
 
 
-def _datetime(path: Path, number: int, year: int, month: int, day: int, hour: int, minute: int = 0) -> np.datetime64:
+def _datetime(
+    path: Path, number: int, year: int, month: int, day: int, hour: int, minute: int = 0
+) -> np.datetime64:
     try:
         return np.datetime64(f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}", "ns")
     except ValueError:
-        raise InputError(f"{path}, line {number}", f"invalid date {year}-{month}-{day} {hour}:{minute}", "pass unmodified IGRA v2 files") from None
+        raise InputError(
+            f"{path}, line {number}",
+            f"invalid date {year}-{month}-{day} {hour}:{minute}",
+            "pass unmodified IGRA v2 files",
+        ) from None
 
 
-_YEAR, _MONTH, _DAY, _HOUR, _RELTIME = (Column(n, a, b, "1", n) for n, a, b in [("year", 14, 17), ("month", 19, 20), ("day", 22, 23), ("hour", 25, 26), ("reltime", 28, 31)])
+_YEAR, _MONTH, _DAY, _HOUR, _RELTIME = (
+    Column(n, a, b, "1", n)
+    for n, a, b in [
+        ("year", 14, 17),
+        ("month", 19, 20),
+        ("day", 22, 23),
+        ("hour", 25, 26),
+        ("reltime", 28, 31),
+    ]
+)
 
 
 def _parse_header(path: Path, number: int, line: bytes, layout: Layout) -> Header:
     """Parse one header line: nominal time (HOUR 99: release time, else 00 UTC) and release time."""
-    year, month, day, hour, reltime = (_int_field(path, number, line, c) for c in (_YEAR, _MONTH, _DAY, _HOUR, _RELTIME))
+    year, month, day, hour, reltime = (
+        _int_field(path, number, line, c) for c in (_YEAR, _MONTH, _DAY, _HOUR, _RELTIME)
+    )
     rel_hour, rel_min = divmod(reltime, 100)
     launch = np.datetime64("NaT", "ns")
     if rel_hour < 24:
@@ -307,7 +353,10 @@ def _parse_header(path: Path, number: int, line: bytes, layout: Layout) -> Heade
     else:
         nominal = launch if not np.isnat(launch) else _datetime(path, number, year, month, day, 0)
     raws = (_int_field(path, number, line, c) for c in layout.header_columns)
-    values = tuple(np.nan if raw in layout.missing else raw * c.scale + c.offset for raw, c in zip(raws, layout.header_columns))
+    values = tuple(
+        np.nan if raw in layout.missing else raw * c.scale + c.offset
+        for raw, c in zip(raws, layout.header_columns)
+    )
     station = line[1:12].decode("ascii", errors="replace").strip()
     return Header(number, station, nominal, launch, _int_field(path, number, line, layout.numlev), values)
 
@@ -343,12 +392,24 @@ def _level_rows(path: Path, lines: list[bytes], numbers: np.ndarray, width: int)
     short = [i for i, line in enumerate(lines) if len(line) < width]
     if short:
         i = short[0]
-        raise InputError(f"{path}, line {numbers[i]}", f"level line has {len(lines[i])} columns, expected {width}", "pass unmodified IGRA v2 files; data and derived files cannot be mixed within one file")
+        raise InputError(
+            f"{path}, line {numbers[i]}",
+            f"level line has {len(lines[i])} columns, expected {width}",
+            "pass unmodified IGRA v2 files; data and derived files cannot be mixed within one file",
+        )
     buf = b"".join(line[:width] for line in lines)
     return np.frombuffer(buf, dtype=np.uint8).reshape(len(lines), width)
 
 
-def _block(path: Path, layout: Layout, headers: list[Header], coords: list[tuple[float, float]], lines: list[bytes], numbers: np.ndarray, max_levels: int) -> xr.Dataset:
+def _block(
+    path: Path,
+    layout: Layout,
+    headers: list[Header],
+    coords: list[tuple[float, float]],
+    lines: list[bytes],
+    numbers: np.ndarray,
+    max_levels: int,
+) -> xr.Dataset:
     """Parse the level lines of a block of soundings into a padded (sounding, level) dataset."""
     counts = np.array([h.num_levels for h in headers], dtype=np.int32)
     rows = _level_rows(path, lines, numbers, layout.level_width)
@@ -361,7 +422,11 @@ def _block(path: Path, layout: Layout, headers: list[Header], coords: list[tuple
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             text = bytes(rows[i, start - 1 : stop]).decode(errors="replace")
-            raise InputError(f"{path}, line {numbers[i]}", f"columns {start}-{stop} ({name}) hold {text!r}", "pass unmodified IGRA v2 files with the NCEI fixed columns")
+            raise InputError(
+                f"{path}, line {numbers[i]}",
+                f"columns {start}-{stop} ({name}) hold {text!r}",
+                "pass unmodified IGRA v2 files with the NCEI fixed columns",
+            )
         return values
 
     def padded(values: np.ndarray, fill: float, dtype: type) -> np.ndarray:
@@ -370,29 +435,72 @@ def _block(path: Path, layout: Layout, headers: list[Header], coords: list[tuple
         return out
 
     dims = ("sounding", "level")
-    data: dict[str, Any] = {"num_levels": (("sounding",), counts, {"long_name": "number of levels in the sounding", "units": "1"})}
+    data: dict[str, Any] = {
+        "num_levels": (("sounding",), counts, {"long_name": "number of levels in the sounding", "units": "1"})
+    }
     for col in layout.level_columns:
         raw = checked(_parse_ints(rows, col), col.name, col.start, col.stop)
-        data[col.name] = (dims, padded(_convert(raw, col, layout.missing), np.nan, np.float32), {"units": col.units, "long_name": col.long_name})
+        data[col.name] = (
+            dims,
+            padded(_convert(raw, col, layout.missing), np.nan, np.float32),
+            {"units": col.units, "long_name": col.long_name},
+        )
     for col in layout.level_codes:
         raw = checked(_parse_ints(rows, col), col.name, col.start, col.stop)
-        data[col.name] = (dims, padded(raw, -1, np.int8), {"long_name": col.long_name, "comment": "-1 beyond num_levels"})
+        data[col.name] = (
+            dims,
+            padded(raw, -1, np.int8),
+            {"long_name": col.long_name, "comment": "-1 beyond num_levels"},
+        )
     for flag in layout.flags:
         code = checked(_parse_flags(rows, flag), flag.name, flag.col, flag.col)
-        data[flag.name] = (dims, padded(code, -1, np.int8), {"long_name": f"{flag.long_name} QC flag", "flag_values": [0, 1, 2], "flag_meanings": "blank A B", "comment": f"{_FLAG_MEANING}; -1 beyond num_levels"})
+        data[flag.name] = (
+            dims,
+            padded(code, -1, np.int8),
+            {
+                "long_name": f"{flag.long_name} QC flag",
+                "flag_values": [0, 1, 2],
+                "flag_meanings": "blank A B",
+                "comment": f"{_FLAG_MEANING}; -1 beyond num_levels",
+            },
+        )
     for k, col in enumerate(layout.header_columns):
         if col.name in ("latitude", "longitude"):
             continue
-        data[col.name] = (("sounding",), np.array([h.values[k] for h in headers], np.float32), {"units": col.units, "long_name": col.long_name})
+        data[col.name] = (
+            ("sounding",),
+            np.array([h.values[k] for h in headers], np.float32),
+            {"units": col.units, "long_name": col.long_name},
+        )
     lat, lon = (np.array(v, np.float64) for v in zip(*coords)) if coords else (np.zeros(0), np.zeros(0))
     return xr.Dataset(
         data,
         coords={
-            "station": ("sounding", np.array([h.station for h in headers], dtype=object), {"long_name": "IGRA v2 station id"}),
-            "latitude": ("sounding", lat, {"units": "degrees_north", "long_name": "station latitude", "standard_name": "latitude"}),
-            "longitude": ("sounding", lon, {"units": "degrees_east", "long_name": "station longitude", "standard_name": "longitude"}),
-            "time": ("sounding", np.array([h.time for h in headers], "datetime64[ns]"), {"long_name": "nominal observation time", "standard_name": "time"}),
-            "launch_time": ("sounding", np.array([h.launch_time for h in headers], "datetime64[ns]"), {"long_name": "balloon release time (NaT where not reported)"}),
+            "station": (
+                "sounding",
+                np.array([h.station for h in headers], dtype=object),
+                {"long_name": "IGRA v2 station id"},
+            ),
+            "latitude": (
+                "sounding",
+                lat,
+                {"units": "degrees_north", "long_name": "station latitude", "standard_name": "latitude"},
+            ),
+            "longitude": (
+                "sounding",
+                lon,
+                {"units": "degrees_east", "long_name": "station longitude", "standard_name": "longitude"},
+            ),
+            "time": (
+                "sounding",
+                np.array([h.time for h in headers], "datetime64[ns]"),
+                {"long_name": "nominal observation time", "standard_name": "time"},
+            ),
+            "launch_time": (
+                "sounding",
+                np.array([h.launch_time for h in headers], "datetime64[ns]"),
+                {"long_name": "balloon release time (NaT where not reported)"},
+            ),
         },
         attrs={"source": f"IGRA v2 {layout.kind} files", "featureType": "profile", "Conventions": "CF-1.10"},
     )
@@ -409,15 +517,30 @@ def read_station_list(path: str | Path) -> dict[str, tuple[float, float]]:
             try:
                 out[line[0:11].strip()] = (float(line[12:20]), float(line[21:30]))
             except ValueError:
-                raise InputError(f"{path}, line {number}", "latitude/longitude columns 13-20, 22-30 are not numbers", "pass the NCEI igra2-station-list.txt") from None
+                raise InputError(
+                    f"{path}, line {number}",
+                    "latitude/longitude columns 13-20, 22-30 are not numbers",
+                    "pass the NCEI igra2-station-list.txt",
+                ) from None
     return out
 
 
 class _Reader:
     """Streams the selected soundings of IGRA v2 files as blocks of padded datasets."""
 
-    def __init__(self, paths: Sequence[Path], selection: Selection, stations: dict[str, tuple[float, float]] | None, block_soundings: int) -> None:
-        self.paths, self.selection, self.stations, self.block_soundings = list(paths), selection, stations, block_soundings
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        selection: Selection,
+        stations: dict[str, tuple[float, float]] | None,
+        block_soundings: int,
+    ) -> None:
+        self.paths, self.selection, self.stations, self.block_soundings = (
+            list(paths),
+            selection,
+            stations,
+            block_soundings,
+        )
         self.layout: Layout | None = None
 
     def _coords(self, path: Path, layout: Layout, header: Header) -> tuple[float, float]:
@@ -425,10 +548,18 @@ class _Reader:
             return header.values[0], header.values[1]
         if self.stations is None:
             if self.selection.lat or self.selection.lon:
-                raise InputError(path, "derived files carry no station coordinates, so a lat/lon box cannot be applied", "pass station_list=igra2-station-list.txt")
+                raise InputError(
+                    path,
+                    "derived files carry no station coordinates, so a lat/lon box cannot be applied",
+                    "pass station_list=igra2-station-list.txt",
+                )
             return np.nan, np.nan
         if header.station not in self.stations:
-            raise InputError(f"{path}, line {header.line}", f"station {header.station} is not in the station list", "pass the current igra2-station-list.txt")
+            raise InputError(
+                f"{path}, line {header.line}",
+                f"station {header.station} is not in the station list",
+                "pass the current igra2-station-list.txt",
+            )
         return self.stations[header.station]
 
     def _selected(self, path: Path) -> Iterator[tuple[Layout, Header, tuple[float, float], int, list[bytes]]]:
@@ -437,7 +568,11 @@ class _Reader:
             if self.layout is None:
                 self.layout = layout
             elif layout is not self.layout:
-                raise InputError(f"{path}, line {number}", f"an IGRA v2 {layout.kind} file among {self.layout.kind} files", "ingest data and derived files into separate stores")
+                raise InputError(
+                    f"{path}, line {number}",
+                    f"an IGRA v2 {layout.kind} file among {self.layout.kind} files",
+                    "ingest data and derived files into separate stores",
+                )
             header = _parse_header(path, number, line, layout)
             coords = self._coords(path, layout, header)
             if self.selection.keeps(header, *coords):
@@ -481,7 +616,12 @@ def _reader(paths: Iterable[str | Path], options: dict[str, Any]) -> _Reader:
         stations=frozenset(map(str, stations)) if stations is not None else None,
     )
     station_list = options.get("station_list")
-    return _Reader(files, selection, read_station_list(station_list) if station_list else None, int(options.get("block_soundings", 500)))
+    return _Reader(
+        files,
+        selection,
+        read_station_list(station_list) if station_list else None,
+        int(options.get("block_soundings", 500)),
+    )
 
 
 def read_igra(paths: str | Path | Iterable[str | Path], **options: Any) -> xr.Dataset:
@@ -503,8 +643,16 @@ def read_igra(paths: str | Path | Iterable[str | Path], **options: Any) -> xr.Da
     reader = _reader([paths] if isinstance(paths, (str, Path)) else paths, options)
     blocks = list(reader.blocks(reader.scan()))
     if not blocks:
-        raise InputError(", ".join(map(str, reader.paths)), "no soundings selected", "widen the time/lat/lon/stations options")
-    return xr.concat(blocks, dim="sounding", data_vars="all", coords="minimal", join="exact") if len(blocks) > 1 else blocks[0]
+        raise InputError(
+            ", ".join(map(str, reader.paths)),
+            "no soundings selected",
+            "widen the time/lat/lon/stations options",
+        )
+    return (
+        xr.concat(blocks, dim="sounding", data_vars="all", coords="minimal", join="exact")
+        if len(blocks) > 1
+        else blocks[0]
+    )
 
 
 def iter_igra_soundings(path: str | Path, **options: Any) -> Iterator[xr.Dataset]:
@@ -536,8 +684,15 @@ def ingest(inputs: list[Path], out: Path, **options: Any) -> Path:
     blocks = reader.blocks(reader.scan())
     first = next(blocks, None)
     if first is None:
-        raise InputError(", ".join(map(str, reader.paths)), "no soundings selected", "widen the time/lat/lon/stations options")
-    set_provenance(first, provenance(source_files=[str(p) for p in reader.paths], options=options, reader="diffinv.io.igra"))
+        raise InputError(
+            ", ".join(map(str, reader.paths)),
+            "no soundings selected",
+            "widen the time/lat/lon/stations options",
+        )
+    set_provenance(
+        first,
+        provenance(source_files=[str(p) for p in reader.paths], options=options, reader="diffinv.io.igra"),
+    )
     first.attrs["layout"] = "soundings x levels, padded beyond num_levels (NaN, or -1 for codes and flags)"
     encoding: dict[str, dict[str, Any]] = {"time": _TIME_ENCODING, "launch_time": _TIME_ENCODING}
     for name, var in first.data_vars.items():

@@ -33,7 +33,9 @@ def check_options(context: str, options: Mapping[str, Any], valid: Mapping[str, 
 
 def _pair(name: str, value: Any) -> tuple[Any, Any]:
     if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
-        raise ConfigError(f"option {name}={value!r}: expected a list of two values (fix: e.g. --set {name}=[a,b])")
+        raise ConfigError(
+            f"option {name}={value!r}: expected a list of two values (fix: e.g. --set {name}=[a,b])"
+        )
     return value[0], value[1]
 
 
@@ -45,7 +47,9 @@ def time_range(value: Any) -> tuple[np.datetime64, np.datetime64] | None:
     try:
         lo, hi = np.datetime64(str(start), "ns"), np.datetime64(str(stop), "ns")
     except ValueError as exc:
-        raise ConfigError(f"option time={value!r}: not ISO 8601 dates (fix: e.g. --set time=[2015-01-01,2015-02-01T12])") from exc
+        raise ConfigError(
+            f"option time={value!r}: not ISO 8601 dates (fix: e.g. --set time=[2015-01-01,2015-02-01T12])"
+        ) from exc
     if hi < lo:
         raise ConfigError(f"option time={value!r}: stop before start (fix: give [start, stop])")
     return lo, hi
@@ -98,12 +102,19 @@ def in_lon(lon: np.ndarray, box: tuple[float, float] | None) -> np.ndarray:
 def wrap_lon(lon: np.ndarray, convention: str) -> np.ndarray:
     """Longitudes mapped into ``convention`` (``"-180..180"``: [−180, 180); ``"0..360"``: [0, 360))."""
     if convention not in LON_CONVENTIONS:
-        raise ConfigError(f"option lon_convention={convention!r}: unknown (fix: use one of {', '.join(LON_CONVENTIONS)})")
+        raise ConfigError(
+            f"option lon_convention={convention!r}: unknown (fix: use one of {', '.join(LON_CONVENTIONS)})"
+        )
     lon = np.asarray(lon, dtype=float)
     return (lon + 180.0) % 360.0 - 180.0 if convention == "-180..180" else lon % 360.0
 
 
-def input_files(paths: Iterable[str | Path], suffixes: tuple[str, ...], what: str, is_input: Callable[[Path], bool] = lambda p: False) -> list[Path]:
+def input_files(
+    paths: Iterable[str | Path],
+    suffixes: tuple[str, ...],
+    what: str,
+    is_input: Callable[[Path], bool] = lambda p: False,
+) -> list[Path]:
     """Files, and the files of folders whose names end with ``suffixes`` (sorted, not recursive).
 
     A folder for which ``is_input`` is true (e.g. a zarr store) is an input itself.
@@ -118,5 +129,9 @@ def input_files(paths: Iterable[str | Path], suffixes: tuple[str, ...], what: st
         else:
             raise InputError(p, "no such file or folder", "fix the path")
     if not out:
-        raise InputError(", ".join(map(str, paths)), f"no {what} files ({', '.join('*' + s for s in suffixes)}) found", f"pass {what} files or folders holding them")
+        raise InputError(
+            ", ".join(map(str, paths)),
+            f"no {what} files ({', '.join('*' + s for s in suffixes)}) found",
+            f"pass {what} files or folders holding them",
+        )
     return out

@@ -73,7 +73,9 @@ def portable_strings(ds: xr.Dataset) -> xr.Dataset:
 
 def create_zarr(ds: xr.Dataset, path: str | os.PathLike[str], encoding: Mapping | None = None) -> None:
     """Write ``ds`` to a new zarr v3 store (not atomic: use inside :func:`atomic_path`)."""
-    portable_strings(ds).to_zarr(path, mode="w", zarr_format=ZARR_FORMAT, consolidated=False, encoding=dict(encoding or {}))
+    portable_strings(ds).to_zarr(
+        path, mode="w", zarr_format=ZARR_FORMAT, consolidated=False, encoding=dict(encoding or {})
+    )
 
 
 def write_zarr(ds: xr.Dataset, path: str | os.PathLike[str], encoding: Mapping | None = None) -> Path:
@@ -89,11 +91,16 @@ def append_zarr(ds: xr.Dataset, path: str | os.PathLike[str], append_dim: str) -
     Streaming writers should write into a path obtained from :func:`atomic_path` so that
     the store appears only once complete.
     """
-    portable_strings(ds).to_zarr(path, mode="a", append_dim=append_dim, zarr_format=ZARR_FORMAT, consolidated=False)
+    portable_strings(ds).to_zarr(
+        path, mode="a", append_dim=append_dim, zarr_format=ZARR_FORMAT, consolidated=False
+    )
 
 
 def write_zarr_blocks(
-    blocks: Iterable[xr.Dataset], path: str | os.PathLike[str], append_dim: str, encoding: Mapping | None = None
+    blocks: Iterable[xr.Dataset],
+    path: str | os.PathLike[str],
+    append_dim: str,
+    encoding: Mapping | None = None,
 ) -> Path:
     """Write a stream of datasets, concatenated along ``append_dim``, to one store atomically.
 
@@ -113,7 +120,11 @@ def write_zarr_blocks(
                 block.attrs = dict(attrs)
                 append_zarr(block, tmp, append_dim)
         if attrs is None:
-            raise InputError(path, "no data to write: the inputs or the selection are empty", "check the inputs and the selection options")
+            raise InputError(
+                path,
+                "no data to write: the inputs or the selection are empty",
+                "check the inputs and the selection options",
+            )
     return Path(path)
 
 
@@ -127,15 +138,27 @@ def open_zarr(path: str | os.PathLike[str]) -> xr.Dataset:
             warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")
             return xr.open_zarr(p, consolidated=False)
     except Exception as exc:  # zarr raises several types for a broken store
-        raise InputError(p, f"not a readable zarr store ({type(exc).__name__}: {exc})", "delete it and rerun the step that writes it") from exc
+        raise InputError(
+            p,
+            f"not a readable zarr store ({type(exc).__name__}: {exc})",
+            "delete it and rerun the step that writes it",
+        ) from exc
 
 
 def git_commit(cwd: str | os.PathLike[str] | None = None) -> str:
     """The git commit of the diffinv source tree (``+dirty`` if modified), or ``unknown``."""
     where = Path(cwd) if cwd else Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where, capture_output=True, text=True, timeout=5).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

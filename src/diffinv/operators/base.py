@@ -41,7 +41,9 @@ class LinearOperator:
         r = y - self.A(x)
         return inner(r, r).clamp_min(0).sqrt()
 
-    def solve_normal(self, y: Tensor, x_init: Tensor, reg: float = 0.0, prior_mean: Tensor | None = None, steps: int = 10) -> Tensor:
+    def solve_normal(
+        self, y: Tensor, x_init: Tensor, reg: float = 0.0, prior_mean: Tensor | None = None, steps: int = 10
+    ) -> Tensor:
         """Approximately solve (AᴴA + reg I) x = Aᴴy + reg·prior_mean by CG from ``x_init``."""
         b = self.A_adjoint(y)
         if reg > 0:
@@ -50,7 +52,9 @@ class LinearOperator:
         return conjugate_gradient(self.normal, b, x_init, steps)
 
 
-def conjugate_gradient(apply: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor, steps: int, tol: float | None = None) -> Tensor:
+def conjugate_gradient(
+    apply: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor, steps: int, tol: float | None = None
+) -> Tensor:
     """Batched conjugate gradient (Hestenes & Stiefel 1952) for a self-adjoint PSD ``apply``.
 
     Each sample has its own step sizes, so the result does not depend on the batch.
@@ -71,11 +75,17 @@ def conjugate_gradient(apply: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor,
             break
         ap = apply(p)
         denom = inner(p, ap)
-        alpha = torch.where(active & (denom > 0), rs / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(rs))
+        alpha = torch.where(
+            active & (denom > 0),
+            rs / torch.where(denom > 0, denom, torch.ones_like(denom)),
+            torch.zeros_like(rs),
+        )
         x = x + alpha.reshape(shape).to(x.dtype) * p
         r = r - alpha.reshape(shape).to(r.dtype) * ap
         rs_new = inner(r, r)
-        beta = torch.where(rs > 0, rs_new / torch.where(rs > 0, rs, torch.ones_like(rs)), torch.zeros_like(rs))
+        beta = torch.where(
+            rs > 0, rs_new / torch.where(rs > 0, rs, torch.ones_like(rs)), torch.zeros_like(rs)
+        )
         p = r + beta.reshape(shape).to(p.dtype) * p
         rs = rs_new
     return x

@@ -7,7 +7,6 @@ operator share one representation; k-space is complex (B, [C,] H, W). Phase enco
 
 from __future__ import annotations
 
-
 import fastmri
 import torch
 from fastmri.data.subsample import create_mask_for_mask_type
@@ -45,9 +44,14 @@ def sampling_mask(kind: str, width: int, acceleration: float, center_fraction: f
     num_low = int(round(width * center_fraction))
     budget = max(num_low, int(round(width / acceleration)))
     try:
-        mask, _ = create_mask_for_mask_type(kind, [center_fraction], [acceleration])((1, width, 1), offset=None, seed=seed)
+        mask, _ = create_mask_for_mask_type(kind, [center_fraction], [acceleration])(
+            (1, width, 1), offset=None, seed=seed
+        )
         mask = mask.reshape(width) > 0
-    except (ZeroDivisionError, ValueError):  # fastMRI fraction masks fail when the centre alone meets the budget
+    except (
+        ZeroDivisionError,
+        ValueError,
+    ):  # fastMRI fraction masks fail when the centre alone meets the budget
         mask = center_mask(width, num_low)
     rng = torch.Generator().manual_seed(int(seed))
     centre = center_mask(width, num_low)
@@ -61,7 +65,9 @@ def sampling_mask(kind: str, width: int, acceleration: float, center_fraction: f
     return mask
 
 
-def variable_density_mask(width: int, budget: int, num_low_frequencies: int, seed: int, power: float = 3.0) -> Tensor:
+def variable_density_mask(
+    width: int, budget: int, num_low_frequencies: int, seed: int, power: float = 3.0
+) -> Tensor:
     """Column mask with the centre lines plus random lines drawn with density ∝ (1 − |k|)^power.
 
     Polynomial variable density as in Lustig, Donoho & Pauly 2007 (Sparse MRI, §III.B),
@@ -73,7 +79,9 @@ def variable_density_mask(width: int, budget: int, num_low_frequencies: int, see
     density[mask] = 0
     extra = max(0, budget - int(mask.sum()))
     if extra:
-        picks = torch.multinomial(density, extra, replacement=False, generator=torch.Generator().manual_seed(int(seed)))
+        picks = torch.multinomial(
+            density, extra, replacement=False, generator=torch.Generator().manual_seed(int(seed))
+        )
         mask[picks] = True
     return mask
 

@@ -49,7 +49,9 @@ class SVDOperator(LinearOperator):
     def spectral_y(self, y: Tensor) -> Tensor:
         """ȳ = Uᵀy / s on observed directions, 0 elsewhere (the pseudo-inverse in spectral form)."""
         s = self.singular_values.to(y.device)
-        return torch.where(s > 0, self.U_T(y) / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(s))
+        return torch.where(
+            s > 0, self.U_T(y) / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(s)
+        )
 
 
 class MatrixSVD(SVDOperator):
@@ -180,7 +182,11 @@ class BlockAverage(SVDOperator):
 
     def _blocks(self, x: Tensor) -> Tensor:
         b, (c, h, w), f = x.shape[0], self.shape, self.f
-        return x.reshape(b, c, h // f, f, w // f, f).permute(0, 1, 2, 4, 3, 5).reshape(b, c, h // f, w // f, f * f)
+        return (
+            x.reshape(b, c, h // f, f, w // f, f)
+            .permute(0, 1, 2, 4, 3, 5)
+            .reshape(b, c, h // f, w // f, f * f)
+        )
 
     def _unblocks(self, z: Tensor) -> Tensor:
         b, (c, h, w), f = z.shape[0], self.shape, self.f
@@ -212,7 +218,11 @@ def as_svd(operator: LinearOperator) -> SVDOperator:
     if isinstance(operator, SVDOperator):
         return operator
     if isinstance(operator, MRIOperator) and not operator.multicoil:
-        mask = operator.mask.reshape(operator.mask.shape[0], -1) if operator.mask.shape[0] > 1 else operator.mask.reshape(-1)
+        mask = (
+            operator.mask.reshape(operator.mask.shape[0], -1)
+            if operator.mask.shape[0] > 1
+            else operator.mask.reshape(-1)
+        )
         return FourierSubsampling(mask, operator.noise_std)
     raise ConfigError(
         f"{type(operator).__name__} has no known SVD (fix: use masks, single-coil Fourier subsampling, "

@@ -91,7 +91,13 @@ class PopulationNoise:
         key = (tuple(shape), dtype)
         buf, used = self._cache.get(key, (None, self.block))
         if used == self.block:
-            buf = torch.stack([torch.randn((self.block, self.n) + tuple(shape), generator=g, dtype=dtype) for g in self.generators], 1)
+            buf = torch.stack(
+                [
+                    torch.randn((self.block, self.n) + tuple(shape), generator=g, dtype=dtype)
+                    for g in self.generators
+                ],
+                1,
+            )
             used = 0
         self._cache[key] = (buf, used + 1)
         return buf[used].reshape((-1,) + tuple(shape)).to(self.device)
@@ -147,7 +153,13 @@ def systematic_resample(log_w: Tensor, generators: list[torch.Generator], rows: 
     runs, n = log_w.shape
     cdf = torch.softmax(log_w.to(torch.float64), dim=-1).cumsum(-1)
     cdf[:, -1] = 1.0
-    u0 = torch.tensor([[float(torch.rand((), generator=g, dtype=torch.float64)) if w else 0.0] for g, w in zip(generators, rows.tolist())], dtype=torch.float64)
+    u0 = torch.tensor(
+        [
+            [float(torch.rand((), generator=g, dtype=torch.float64)) if w else 0.0]
+            for g, w in zip(generators, rows.tolist())
+        ],
+        dtype=torch.float64,
+    )
     u = (u0 + torch.arange(n, dtype=torch.float64)) / n
     idx = torch.searchsorted(cdf, u).clamp_max(n - 1)
     idx = torch.where(rows[:, None], idx, torch.arange(n)[None])
@@ -158,7 +170,9 @@ def pick_per_run(log_w: Tensor, generators: list[torch.Generator]) -> Tensor:
     """Flat index of one particle per row of (runs, N) log-weights, drawn ∝ exp(log_w) with the row's own generator."""
     probs = torch.softmax(log_w, -1)
     n = log_w.shape[1]
-    return torch.stack([torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, generators)]) + n * torch.arange(log_w.shape[0])
+    return torch.stack(
+        [torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, generators)]
+    ) + n * torch.arange(log_w.shape[0])
 
 
 def best_per_run(values: Tensor, per_run: int) -> Tensor:
@@ -177,7 +191,14 @@ class SearchMethod:
     cite: str = ""
     population: bool = False
 
-    def __init__(self, operator: LinearOperator | None = None, y: Tensor | None = None, reward: str | Reward | None = None, hallucination_steps: int = 5, seed: int = 0) -> None:
+    def __init__(
+        self,
+        operator: LinearOperator | None = None,
+        y: Tensor | None = None,
+        reward: str | Reward | None = None,
+        hallucination_steps: int = 5,
+        seed: int = 0,
+    ) -> None:
         self.operator = operator
         self.y = y
         self.reward = host_reward(load_reward(reward, operator, y))
@@ -193,18 +214,29 @@ class SearchMethod:
         """Number of runs in ``x_T``; an error unless it is a whole multiple of ``particles_per_run``."""
         n = self.particles_per_run
         if x_T.shape[0] % n:
-            raise ConfigError(f"search {type(self).__name__}: x_T has {x_T.shape[0]} rows, not a multiple of {n} particles per run")
+            raise ConfigError(
+                f"search {type(self).__name__}: x_T has {x_T.shape[0]} rows, not a multiple of {n} particles per run"
+            )
         return x_T.shape[0] // n
 
     def tracker(self, grid: Tensor) -> HallucinationScore:
         """The hallucination-score callback over the last steps of ``grid``."""
         return HallucinationScore(len(grid) - 1, self.hallucination_steps)
 
-    def run(self, solver: Solver, D: Denoiser, x_T: Tensor, grid: Tensor, noise: PerSampleNoise) -> SearchResult:
+    def run(
+        self, solver: Solver, D: Denoiser, x_T: Tensor, grid: Tensor, noise: PerSampleNoise
+    ) -> SearchResult:
         """Search from ``x_T`` over ``grid`` with ``solver``'s kernel on denoiser ``D``."""
         raise NotImplementedError
 
-    def result(self, x: Tensor, nfe: int, tracker: HallucinationScore | None, ess: Tensor | None = None, **extra: Tensor) -> SearchResult:
+    def result(
+        self,
+        x: Tensor,
+        nfe: int,
+        tracker: HallucinationScore | None,
+        ess: Tensor | None = None,
+        **extra: Tensor,
+    ) -> SearchResult:
         """Package samples with reward, hallucination score, data residual and ESS."""
         diagnostics = dict(extra)
         if tracker is not None:

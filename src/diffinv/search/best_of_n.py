@@ -10,7 +10,14 @@ from torch import Tensor
 from diffinv.diffusion.denoisers import Denoiser
 from diffinv.errors import ConfigError
 from diffinv.operators.base import LinearOperator
-from diffinv.search.base import CountingMemo, SearchMethod, SearchResult, best_per_run, expand_noise, reindex_tracker
+from diffinv.search.base import (
+    CountingMemo,
+    SearchMethod,
+    SearchResult,
+    best_per_run,
+    expand_noise,
+    reindex_tracker,
+)
 from diffinv.search.rewards import Reward
 from diffinv.solvers.base import PerSampleNoise, Solver, StepInfo, sample
 
@@ -24,7 +31,14 @@ class BestOfN(SearchMethod):
 
     cite = "Ma et al. 2025, random search §3.1"
 
-    def __init__(self, operator: LinearOperator | None = None, y: Tensor | None = None, reward: str | Reward | None = None, n: int = 8, **options) -> None:
+    def __init__(
+        self,
+        operator: LinearOperator | None = None,
+        y: Tensor | None = None,
+        reward: str | Reward | None = None,
+        n: int = 8,
+        **options,
+    ) -> None:
         super().__init__(operator, y, reward, **options)
         if n < 1:
             raise ConfigError("search best_of_n: n must be >= 1")
@@ -34,7 +48,9 @@ class BestOfN(SearchMethod):
     def particles_per_run(self) -> int:
         return self.n
 
-    def run(self, solver: Solver, D: Denoiser, x_T: Tensor, grid: Tensor, noise: PerSampleNoise) -> SearchResult:
+    def run(
+        self, solver: Solver, D: Denoiser, x_T: Tensor, grid: Tensor, noise: PerSampleNoise
+    ) -> SearchResult:
         self.runs(x_T)
         counter, tracker = CountingMemo(D), self.tracker(grid)
         x = sample(solver, counter, x_T, grid, noise, callback=tracker)
@@ -52,13 +68,24 @@ class ZeroOrder(SearchMethod):
 
     cite = "Ma et al. 2025, zero-order search §3.1"
 
-    def __init__(self, operator: LinearOperator | None = None, y: Tensor | None = None, reward: str | Reward | None = None, n: int = 4, iterations: int = 4, radius: float = 0.5, **options) -> None:
+    def __init__(
+        self,
+        operator: LinearOperator | None = None,
+        y: Tensor | None = None,
+        reward: str | Reward | None = None,
+        n: int = 4,
+        iterations: int = 4,
+        radius: float = 0.5,
+        **options,
+    ) -> None:
         super().__init__(operator, y, reward, **options)
         if n < 1 or iterations < 1 or not 0 < radius <= 1:
             raise ConfigError("search zero_order: need n >= 1, iterations >= 1 and 0 < radius <= 1")
         self.n, self.iterations, self.radius = int(n), int(iterations), float(radius)
 
-    def run(self, solver: Solver, D: Denoiser, x_T: Tensor, grid: Tensor, noise: PerSampleNoise) -> SearchResult:
+    def run(
+        self, solver: Solver, D: Denoiser, x_T: Tensor, grid: Tensor, noise: PerSampleNoise
+    ) -> SearchResult:
         b, n = self.runs(x_T), self.n
         counter = CountingMemo(D)
         cand_noise = expand_noise(noise, n)
@@ -93,24 +120,48 @@ class PathSearch(SearchMethod):
 
     cite = "Ma et al. 2025, search over paths §3.1"
 
-    def __init__(self, operator: LinearOperator | None = None, y: Tensor | None = None, reward: str | Reward | None = None, n: int = 4, children: int = 4, interval: int = 5, back: int = 2, **options) -> None:
+    def __init__(
+        self,
+        operator: LinearOperator | None = None,
+        y: Tensor | None = None,
+        reward: str | Reward | None = None,
+        n: int = 4,
+        children: int = 4,
+        interval: int = 5,
+        back: int = 2,
+        **options,
+    ) -> None:
         super().__init__(operator, y, reward, **options)
         if min(n, children, interval, back) < 1 or back > interval:
-            raise ConfigError("search path_search: need n, children, interval, back >= 1 and back <= interval")
+            raise ConfigError(
+                "search path_search: need n, children, interval, back >= 1 and back <= interval"
+            )
         self.n, self.m, self.interval, self.back = int(n), int(children), int(interval), int(back)
 
     @property
     def particles_per_run(self) -> int:
         return self.n
 
-    def _solve(self, solver: Solver, D: Denoiser, x: Tensor, grid: Tensor, noise: PerSampleNoise, first: int, last: int, tracker) -> tuple[Tensor, Tensor]:
+    def _solve(
+        self,
+        solver: Solver,
+        D: Denoiser,
+        x: Tensor,
+        grid: Tensor,
+        noise: PerSampleNoise,
+        first: int,
+        last: int,
+        tracker,
+    ) -> tuple[Tensor, Tensor]:
         state = solver.init_state()
         for i in range(first, last):
             x, state = solver.step(D, x, state, grid[i], grid[i + 1], noise)
             tracker(StepInfo(i, float(grid[i + 1]), x, state.get("x0")))
         return x, state["x0"]
 
-    def run(self, solver: Solver, D: Denoiser, x_T: Tensor, grid: Tensor, noise: PerSampleNoise) -> SearchResult:
+    def run(
+        self, solver: Solver, D: Denoiser, x_T: Tensor, grid: Tensor, noise: PerSampleNoise
+    ) -> SearchResult:
         runs, n, m = self.runs(x_T), self.n, self.m
         counter, sch, steps = CountingMemo(D), D.schedule, len(grid) - 1
         tracker = self.tracker(grid)
@@ -119,9 +170,14 @@ class PathSearch(SearchMethod):
         x, _ = self._solve(solver, counter, x_T, grid, noise, 0, k, tracker)
         while k < steps:
             j = k - self.back
-            a_k, s_k, a_j, s_j = (float(v) for v in (sch.alpha(grid[k]), sch.sigma(grid[k]), sch.alpha(grid[j]), sch.sigma(grid[j])))
+            a_k, s_k, a_j, s_j = (
+                float(v)
+                for v in (sch.alpha(grid[k]), sch.sigma(grid[k]), sch.alpha(grid[j]), sch.sigma(grid[j]))
+            )
             ratio = a_j / a_k  # forward diffusion from t_k back to t_j
-            kids = ratio * x.repeat_interleave(m, 0) + math.sqrt(max(0.0, s_j**2 - (ratio * s_k) ** 2)) * child_noise.randn(x.shape[1:], x.dtype)
+            kids = ratio * x.repeat_interleave(m, 0) + math.sqrt(
+                max(0.0, s_j**2 - (ratio * s_k) ** 2)
+            ) * child_noise.randn(x.shape[1:], x.dtype)
             saved = tracker.predictions
             tracker.predictions = [p.repeat_interleave(m, 0) for p in saved]
             kids, x0 = self._solve(solver, counter, kids, grid, child_noise, j, k, tracker)

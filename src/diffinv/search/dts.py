@@ -38,7 +38,9 @@ class _Forest:
         self.roots = list(range(n))
         self.leaves: list[list[int]] = [[] for _ in range(n)]
         self.est: list[float | None] = [None] * n  # r(D(x_t, t)), known once the node was denoised
-        self.gap: list[dict[int, float]] = [{} for _ in range(n)]  # per run and depth: max (leaf reward − ancestor's est)
+        self.gap: list[dict[int, float]] = [
+            {} for _ in range(n)
+        ]  # per run and depth: max (leaf reward − ancestor's est)
         self.low = [math.inf] * n  # reward range seen per run (scales the UCT bonus)
         self.high = [-math.inf] * n
 
@@ -107,16 +109,37 @@ class DTS(SearchMethod):
 
     cite = "Jain et al. 2025, DTS/DTS*"
 
-    def __init__(self, operator: LinearOperator | None = None, y: Tensor | None = None, reward: str | Reward | None = None, rollouts: int = 32, branching: float = 2, lam: float = 1.0,
-                 greedy: bool = False, widening: float = 0.0, exploration: float = 0.0, prune: float = 0.0, **options) -> None:
+    def __init__(
+        self,
+        operator: LinearOperator | None = None,
+        y: Tensor | None = None,
+        reward: str | Reward | None = None,
+        rollouts: int = 32,
+        branching: float = 2,
+        lam: float = 1.0,
+        greedy: bool = False,
+        widening: float = 0.0,
+        exploration: float = 0.0,
+        prune: float = 0.0,
+        **options,
+    ) -> None:
         super().__init__(operator, y, reward, **options)
         if rollouts < 1 or branching < 1 or lam <= 0 or widening < 0 or exploration < 0:
-            raise ConfigError("search dts: need rollouts >= 1, branching >= 1, lam > 0, widening >= 0 and exploration >= 0")
+            raise ConfigError(
+                "search dts: need rollouts >= 1, branching >= 1, lam > 0, widening >= 0 and exploration >= 0"
+            )
         if widening == 0 and branching != int(branching):
             raise ConfigError("search dts: a fixed branching factor (widening 0) must be a whole number")
-        self.rollouts, self.branching, self.lam, self.greedy = int(rollouts), float(branching), float(lam), bool(greedy)
+        self.rollouts, self.branching, self.lam, self.greedy = (
+            int(rollouts),
+            float(branching),
+            float(lam),
+            bool(greedy),
+        )
         self.widening, self.exploration = float(widening), float(exploration)
-        if prune < 0 or (prune > 0 and not greedy):  # a pruned stub's value is an estimate, not a draw: no exact sampling
+        if prune < 0 or (
+            prune > 0 and not greedy
+        ):  # a pruned stub's value is an estimate, not a draw: no exact sampling
             raise ConfigError("search dts: prune must be >= 0 and needs greedy selection (DTS*)")
         self.prune = float(prune)
         self.rngs: list[random.Random] = []
@@ -130,7 +153,9 @@ class DTS(SearchMethod):
     def _boltzmann(self, forest: _Forest, kids: list[int]) -> int:
         vals = [forest.value[c] for c in kids]
         top = max(vals)
-        return self.rngs[forest.run[kids[0]]].choices(kids, weights=[math.exp(self.lam * (v - top)) for v in vals])[0]
+        return self.rngs[forest.run[kids[0]]].choices(
+            kids, weights=[math.exp(self.lam * (v - top)) for v in vals]
+        )[0]
 
     def _pick(self, forest: _Forest, node: int) -> int:
         kids = [c for c in forest.children[node] if not forest.done[c]]
@@ -161,7 +186,11 @@ class DTS(SearchMethod):
                 v = torch.tensor(vals, dtype=torch.float64)
                 forest.value[node] = float(torch.logsumexp(self.lam * v, 0) - math.log(len(vals))) / self.lam
             # only a fixed branching factor ever fills a node; under widening it may always grow
-            forest.done[node] = self.widening == 0 and len(vals) >= int(self.branching) and all(forest.done[c] for c in forest.children[node])
+            forest.done[node] = (
+                self.widening == 0
+                and len(vals) >= int(self.branching)
+                and all(forest.done[c] for c in forest.children[node])
+            )
             node = forest.parent[node]
 
     def _start(self, forest: _Forest, root: int) -> int | None:
@@ -175,7 +204,9 @@ class DTS(SearchMethod):
                 return node
             node = self._pick(forest, node)
 
-    def _rollout(self, forest: _Forest, solver: Solver, counter: CountingMemo, grid: Tensor, noise: PerSampleNoise) -> None:
+    def _rollout(
+        self, forest: _Forest, solver: Solver, counter: CountingMemo, grid: Tensor, noise: PerSampleNoise
+    ) -> None:
         steps = len(grid) - 1
         starts = [self._start(forest, root) for root in forest.roots]
         current = list(starts)
@@ -186,7 +217,14 @@ class DTS(SearchMethod):
             nodes = [current[r] for r in active]
             x = torch.stack([forest.x[n] for n in nodes])
             sub = shared_noise(noise, [noise.generators[r] for r in active])
-            x_next, state = solver.step(_KnownRows(counter, [forest.x0[n] for n in nodes]), x, solver.init_state(), grid[k], grid[k + 1], sub)
+            x_next, state = solver.step(
+                _KnownRows(counter, [forest.x0[n] for n in nodes]),
+                x,
+                solver.init_state(),
+                grid[k],
+                grid[k + 1],
+                sub,
+            )
             fresh = [j for j, n in enumerate(nodes) if forest.est[n] is None]
             if self.prune and fresh and "x0" in state:
                 for j, v in zip(fresh, self.reward(state["x0"][fresh]).tolist()):
@@ -208,7 +246,9 @@ class DTS(SearchMethod):
                 node, gaps = forest.parent[leaf], forest.gap[r]
                 while node >= 0:
                     if forest.est[node] is not None:
-                        gaps[forest.depth[node]] = max(gaps.get(forest.depth[node], -math.inf), value - forest.est[node])  # type: ignore[operator]
+                        gaps[forest.depth[node]] = max(
+                            gaps.get(forest.depth[node], -math.inf), value - forest.est[node]
+                        )  # type: ignore[operator]
                     node = forest.parent[node]
             forest.value[leaf], forest.visits[leaf] = value, 1
             forest.low[r], forest.high[r] = min(forest.low[r], value), max(forest.high[r], value)
@@ -227,7 +267,15 @@ class DTS(SearchMethod):
             out.append(node)
         return self.result(torch.stack([forest.x[n] for n in out]), nfe, None)
 
-    def anytime(self, solver: Solver, D: Denoiser, x_T: Tensor, grid: Tensor, noise: PerSampleNoise, checkpoints: list[int]) -> list[SearchResult]:
+    def anytime(
+        self,
+        solver: Solver,
+        D: Denoiser,
+        x_T: Tensor,
+        grid: Tensor,
+        noise: PerSampleNoise,
+        checkpoints: list[int],
+    ) -> list[SearchResult]:
         """Results after each number of rollouts in ``checkpoints`` (increasing), growing one tree per run."""
         if not solver.stochastic:
             raise ConfigError("search dts: needs a stochastic solver (e.g. ddpm) to branch")
@@ -241,7 +289,9 @@ class DTS(SearchMethod):
             out.append(self._result(forest, counter.nfe))
         return out
 
-    def run(self, solver: Solver, D: Denoiser, x_T: Tensor, grid: Tensor, noise: PerSampleNoise) -> SearchResult:
+    def run(
+        self, solver: Solver, D: Denoiser, x_T: Tensor, grid: Tensor, noise: PerSampleNoise
+    ) -> SearchResult:
         return self.anytime(solver, D, x_T, grid, noise, [self.rollouts])[0]
 
 
@@ -255,6 +305,25 @@ class DTSStar(DTS):
 
     cite = "Jain et al. 2025, DTS*"
 
-    def __init__(self, operator: LinearOperator | None = None, y: Tensor | None = None, reward: str | Reward | None = None, rollouts: int = 80, branching: float = 1.4,
-                 widening: float = 0.5, prune: float = 1.0, **options) -> None:
-        super().__init__(operator, y, reward, rollouts=rollouts, branching=branching, widening=widening, prune=prune, greedy=True, **options)
+    def __init__(
+        self,
+        operator: LinearOperator | None = None,
+        y: Tensor | None = None,
+        reward: str | Reward | None = None,
+        rollouts: int = 80,
+        branching: float = 1.4,
+        widening: float = 0.5,
+        prune: float = 1.0,
+        **options,
+    ) -> None:
+        super().__init__(
+            operator,
+            y,
+            reward,
+            rollouts=rollouts,
+            branching=branching,
+            widening=widening,
+            prune=prune,
+            greedy=True,
+            **options,
+        )

@@ -37,7 +37,9 @@ class _MinorityDenoiser:
         self.D, self.schedule, self.weight, self.t, self.draws = D, D.schedule, weight, t, draws
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        return score_guided(self.D, x, t, lambda x0, _: minority_score(self.D, x0, self.t, self.draws), self.weight)
+        return score_guided(
+            self.D, x, t, lambda x0, _: minority_score(self.D, x0, self.t, self.draws), self.weight
+        )
 
 
 class MinorityGuidance(SearchMethod):
@@ -52,13 +54,24 @@ class MinorityGuidance(SearchMethod):
 
     cite = "Um et al. 2024, minority guidance Eq. 9"
 
-    def __init__(self, operator: LinearOperator | None = None, y: Tensor | None = None, reward: str | Reward | None = None, weight: float = 1.0, t: float = 0.06, draws: int = 5, **options) -> None:
+    def __init__(
+        self,
+        operator: LinearOperator | None = None,
+        y: Tensor | None = None,
+        reward: str | Reward | None = None,
+        weight: float = 1.0,
+        t: float = 0.06,
+        draws: int = 5,
+        **options,
+    ) -> None:
         super().__init__(operator, y, reward, **options)
         if weight < 0 or draws < 1 or not 0 < t < 1:
             raise ConfigError("search minority: need weight >= 0, draws >= 1 and 0 < t < 1")
         self.weight, self.t, self.draws = float(weight), float(t), int(draws)
 
-    def run(self, solver: Solver, D: Denoiser, x_T: Tensor, grid: Tensor, noise: PerSampleNoise) -> SearchResult:
+    def run(
+        self, solver: Solver, D: Denoiser, x_T: Tensor, grid: Tensor, noise: PerSampleNoise
+    ) -> SearchResult:
         counter, tracker = CountingMemo(D), self.tracker(grid)
         guided = counter if self.weight == 0 else _MinorityDenoiser(counter, self.weight, self.t, self.draws)
         x = sample(solver, guided, x_T, grid, noise, callback=tracker)

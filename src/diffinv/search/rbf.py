@@ -28,16 +28,27 @@ class RBF(SearchMethod):
 
     cite = "Kim et al. 2025, RBF §4"
 
-    def __init__(self, operator: LinearOperator | None = None, y: Tensor | None = None, reward: str | Reward | None = None, budget: int = 100, **options) -> None:
+    def __init__(
+        self,
+        operator: LinearOperator | None = None,
+        y: Tensor | None = None,
+        reward: str | Reward | None = None,
+        budget: int = 100,
+        **options,
+    ) -> None:
         super().__init__(operator, y, reward, **options)
         self.budget = int(budget)
 
-    def run(self, solver: Solver, D: Denoiser, x_T: Tensor, grid: Tensor, noise: PerSampleNoise) -> SearchResult:
+    def run(
+        self, solver: Solver, D: Denoiser, x_T: Tensor, grid: Tensor, noise: PerSampleNoise
+    ) -> SearchResult:
         steps, b = len(grid) - 1, self.runs(x_T)
         if not solver.stochastic:
             raise ConfigError("search rbf: needs a stochastic solver (e.g. ddpm)")
         if self.budget < steps + 1:
-            raise ConfigError(f"search rbf: budget {self.budget} is below one evaluation per step ({steps + 1})")
+            raise ConfigError(
+                f"search rbf: budget {self.budget} is below one evaluation per step ({steps + 1})"
+            )
         counter, tracker = CountingMemo(D), self.tracker(grid)
         share = (self.budget - 1) // steps
         x = x_T
@@ -60,7 +71,11 @@ class RBF(SearchMethod):
                 v = self.reward(cx0).to(torch.float64)
                 used[idx] += 1
                 better = v > best_v[idx]
-                best_v[idx[better]], best_x[idx[better]], best_x0[idx[better]] = v[better], cand[better], cx0[better]
+                best_v[idx[better]], best_x[idx[better]], best_x0[idx[better]] = (
+                    v[better],
+                    cand[better],
+                    cx0[better],
+                )
                 active[idx[v > current[idx]]] = False
                 active &= used < allowance
             rollover = allowance - used

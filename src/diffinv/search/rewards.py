@@ -30,7 +30,9 @@ def load_reward(spec: str | Reward | None, operator: LinearOperator | None, y: T
         return spec
     if spec is None or spec == "data_consistency":
         if operator is None or y is None:
-            raise ConfigError("search: reward data_consistency needs an operator and y (fix: pass reward='module:function')")
+            raise ConfigError(
+                "search: reward data_consistency needs an operator and y (fix: pass reward='module:function')"
+            )
         return data_consistency(operator, y)
     module, sep, attr = str(spec).partition(":")
     if not sep:

@@ -40,7 +40,16 @@ class SMC(SearchMethod):
     cite = "Wu et al. 2023, TDS Alg. 1 (bootstrap form)"
     population = True
 
-    def __init__(self, operator: LinearOperator | None = None, y: Tensor | None = None, reward: str | Reward | None = None, particles: int = 16, ess_threshold: float = 0.5, gamma: float = 1.0, **options) -> None:
+    def __init__(
+        self,
+        operator: LinearOperator | None = None,
+        y: Tensor | None = None,
+        reward: str | Reward | None = None,
+        particles: int = 16,
+        ess_threshold: float = 0.5,
+        gamma: float = 1.0,
+        **options,
+    ) -> None:
         super().__init__(operator, y, reward, **options)
         if particles < 1 or not 0 <= ess_threshold <= 1:
             raise ConfigError("search smc: need particles >= 1 and 0 <= ess_threshold <= 1")
@@ -51,9 +60,13 @@ class SMC(SearchMethod):
     def particles_per_run(self) -> int:
         return self.particles
 
-    def run(self, solver: Solver, D: Denoiser, x_T: Tensor, grid: Tensor, noise: PerSampleNoise) -> SearchResult:
+    def run(
+        self, solver: Solver, D: Denoiser, x_T: Tensor, grid: Tensor, noise: PerSampleNoise
+    ) -> SearchResult:
         if not solver.stochastic:
-            raise ConfigError("search smc: needs a stochastic solver (e.g. ddpm) so that resampled particles diverge")
+            raise ConfigError(
+                "search smc: needs a stochastic solver (e.g. ddpm) so that resampled particles diverge"
+            )
         runs, n = self.runs(x_T), self.particles
         counter, tracker = CountingMemo(D), self.tracker(grid)
         sch = counter.schedule
@@ -64,7 +77,9 @@ class SMC(SearchMethod):
         for i in range(len(grid) - 1):
             x, state = solver.step(counter, x, state, grid[i], grid[i + 1], noise)
             tracker(StepInfo(i, float(grid[i + 1]), x, state["x0"]))
-            kappa = self.nu**2 / (self.nu**2 + self.gamma * float(sch.sigma(grid[i]) / sch.alpha(grid[i])) ** 2)
+            kappa = self.nu**2 / (
+                self.nu**2 + self.gamma * float(sch.sigma(grid[i]) / sch.alpha(grid[i])) ** 2
+            )
             logg = kappa * self.reward(state["x0"]).to(torch.float64)
             if i == len(grid) - 2:  # the last child is the sample: weight it by the exact target potential
                 logg_final = self.reward(x).to(torch.float64)
@@ -106,7 +121,17 @@ class MCGdiff(SearchMethod):
     cite = "Cardoso et al. 2024, MCGdiff Alg. 1"
     population = True
 
-    def __init__(self, operator: LinearOperator | None = None, y: Tensor | None = None, reward: str | Reward | None = None, particles: int = 64, eta: float = 1.0, x0_var: float = 1.0, ess_threshold: float = 0.5, **options) -> None:
+    def __init__(
+        self,
+        operator: LinearOperator | None = None,
+        y: Tensor | None = None,
+        reward: str | Reward | None = None,
+        particles: int = 64,
+        eta: float = 1.0,
+        x0_var: float = 1.0,
+        ess_threshold: float = 0.5,
+        **options,
+    ) -> None:
         super().__init__(operator, y, reward, **options)
         if not 0 <= ess_threshold <= 1:
             raise ConfigError(f"search mcgdiff: ess_threshold must lie in [0, 1], got {ess_threshold}")
@@ -126,7 +151,11 @@ class MCGdiff(SearchMethod):
         self.y_bar = self.svd.spectral_y(y)
         self.obs = self.s > 0
         sy = self.svd.noise_std
-        self.level2 = torch.where(self.obs, (sy / torch.where(self.obs, self.s, torch.ones_like(self.s))) ** 2, torch.zeros_like(self.s))
+        self.level2 = torch.where(
+            self.obs,
+            (sy / torch.where(self.obs, self.s, torch.ones_like(self.s))) ** 2,
+            torch.zeros_like(self.s),
+        )
 
     @property
     def particles_per_run(self) -> int:
@@ -138,7 +167,9 @@ class MCGdiff(SearchMethod):
         lp = -0.5 * ((a * self.y_bar - xb) ** 2 / var + torch.log(2 * math.pi * var))
         return torch.where(self.obs, lp, torch.zeros_like(lp)).reshape(xb.shape[0], -1).sum(1)
 
-    def run(self, solver: Solver, D: Denoiser, x_T: Tensor, grid: Tensor, noise: PerSampleNoise) -> SearchResult:
+    def run(
+        self, solver: Solver, D: Denoiser, x_T: Tensor, grid: Tensor, noise: PerSampleNoise
+    ) -> SearchResult:
         runs, n = self.runs(x_T), self.particles
         counter, tracker = CountingMemo(D), self.tracker(grid)
         sch = counter.schedule
@@ -147,18 +178,26 @@ class MCGdiff(SearchMethod):
         ess = min_ess = torch.full((runs,), float(n), dtype=torch.float64)
         for i in range(len(grid) - 1):
             s, t = grid[i], grid[i + 1]
-            a_s, sig_s, a_t, sig_t = (float(v) for v in (sch.alpha(s), sch.sigma(s), sch.alpha(t), sch.sigma(t)))
+            a_s, sig_s, a_t, sig_t = (
+                float(v) for v in (sch.alpha(s), sch.sigma(s), sch.alpha(t), sch.sigma(t))
+            )
             x0 = denoise(counter, x, s)
-            c2 = self.eta**2 * (sig_t / sig_s) ** 2 * max(0.0, 1 - (a_s / a_t) ** 2)  # DDIM Eq. 16 (η = 1: DDPM)
+            c2 = (
+                self.eta**2 * (sig_t / sig_s) ** 2 * max(0.0, 1 - (a_s / a_t) ** 2)
+            )  # DDIM Eq. 16 (η = 1: DDPM)
             keep = math.sqrt(max(0.0, sig_t**2 - c2)) / sig_s
             m = a_t * x0 + keep * (x - a_s * x0)
-            r2 = self.x0_var * sig_s**2 / (a_s**2 * self.x0_var + sig_s**2)  # Var(x0 | x_s) of N(μ, x0_var I) data
+            r2 = (
+                self.x0_var * sig_s**2 / (a_s**2 * self.x0_var + sig_s**2)
+            )  # Var(x0 | x_s) of N(μ, x0_var I) data
             c2 = c2 + (a_t - keep * a_s) ** 2 * r2
             mb, xb = self.svd.V_T(m), self.svd.V_T(x)
             v = sig_t**2 + a_t**2 * self.level2
             target = a_t * self.y_bar
             log_norm = -0.5 * ((target - mb) ** 2 / (c2 + v) + torch.log(2 * math.pi * (c2 + v)))
-            log_norm = torch.where(self.obs, log_norm, torch.zeros_like(log_norm)).reshape(x.shape[0], -1).sum(1)
+            log_norm = (
+                torch.where(self.obs, log_norm, torch.zeros_like(log_norm)).reshape(x.shape[0], -1).sum(1)
+            )
             if i > 0:  # x_T comes from p_T alone; later particles carry the potential g_s
                 log_norm = log_norm - self._log_potential(xb, a_s, sig_s)
             log_w = log_w + log_norm.to(device="cpu", dtype=torch.float64).reshape(runs, n)
@@ -174,7 +213,9 @@ class MCGdiff(SearchMethod):
             post_var = torch.where(self.obs, c2 * v / (c2 + v), torch.full_like(v, c2))
             post_mean = torch.where(self.obs, (mb * v + target * c2) / (c2 + v), mb)
             z = self.svd.V_T(noise.randn(x.shape[1:], x.dtype))
-            x = self.svd.V(post_mean + post_var.sqrt() * z).to(x.dtype)  # float64 spectral algebra, particles keep their dtype
+            x = self.svd.V(post_mean + post_var.sqrt() * z).to(
+                x.dtype
+            )  # float64 spectral algebra, particles keep their dtype
         ess = effective_sample_size(log_w)
         pick = pick_per_run(log_w, noise.generators)
         reindex_tracker(tracker, pick)

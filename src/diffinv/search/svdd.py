@@ -26,13 +26,23 @@ class SVDD(SearchMethod):
 
     cite = "Li et al. 2024, SVDD Alg. 1"
 
-    def __init__(self, operator: LinearOperator | None = None, y: Tensor | None = None, reward: str | Reward | None = None, candidates: int = 20, alpha: float = 0.0, **options) -> None:
+    def __init__(
+        self,
+        operator: LinearOperator | None = None,
+        y: Tensor | None = None,
+        reward: str | Reward | None = None,
+        candidates: int = 20,
+        alpha: float = 0.0,
+        **options,
+    ) -> None:
         super().__init__(operator, y, reward, **options)
         if candidates < 1 or alpha < 0:
             raise ConfigError("search svdd: need candidates >= 1 and alpha >= 0")
         self.m, self.alpha = int(candidates), float(alpha)
 
-    def run(self, solver: Solver, D: Denoiser, x_T: Tensor, grid: Tensor, noise: PerSampleNoise) -> SearchResult:
+    def run(
+        self, solver: Solver, D: Denoiser, x_T: Tensor, grid: Tensor, noise: PerSampleNoise
+    ) -> SearchResult:
         if not solver.stochastic and self.m > 1:
             raise ConfigError("search svdd: candidates need a stochastic solver (e.g. ddpm)")
         b, m = self.runs(x_T), self.m

@@ -10,4 +10,12 @@ from diffinv.solvers.base import (
     select_state,
 )
 
-__all__ = ["CountingDenoiser", "PerSampleNoise", "Solver", "StepInfo", "make_solver", "sample", "select_state"]
+__all__ = [
+    "CountingDenoiser",
+    "PerSampleNoise",
+    "Solver",
+    "StepInfo",
+    "make_solver",
+    "sample",
+    "select_state",
+]

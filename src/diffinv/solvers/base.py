@@ -100,7 +100,9 @@ class Solver:
         """
         return grid
 
-    def step(self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None) -> tuple[Tensor, State]:
+    def step(
+        self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None
+    ) -> tuple[Tensor, State]:
         """Advance ``x`` from time ``s`` to time ``t < s``."""
         raise NotImplementedError
 
@@ -239,7 +241,9 @@ class WrappedSolver(Solver):
 
     prefix: str = "wrap_"
 
-    def __init__(self, schedule: VPSchedule, base: str = "dpmpp_2m", base_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, schedule: VPSchedule, base: str = "dpmpp_2m", base_options: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(schedule)
         if not isinstance(base_options or {}, dict):
             raise ConfigError(f"{type(self).__name__}: base_options must be a mapping, got {base_options!r}")
@@ -254,7 +258,9 @@ class WrappedSolver(Solver):
         """The denoiser the base solver sees on the step from ``s``, and the new own state."""
         raise NotImplementedError
 
-    def step(self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None) -> tuple[Tensor, State]:
+    def step(
+        self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None
+    ) -> tuple[Tensor, State]:
         own = {k: v for k, v in state.items() if k.startswith(self.prefix)}
         inner = {k: v for k, v in state.items() if not k.startswith(self.prefix)}
         wrapped, own = self.wrap(D, own, s)

@@ -79,7 +79,9 @@ class CalibrationCache:
         try:
             return json.loads(self.path.read_text())
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"{self.path}: calibration cache is not valid JSON ({exc}) (fix: delete it)") from exc
+            raise ConfigError(
+                f"{self.path}: calibration cache is not valid JSON ({exc}) (fix: delete it)"
+            ) from exc
 
     def get(self, key: str) -> Any | None:
         """The entry stored under ``key``, or ``None``."""
@@ -87,10 +89,14 @@ class CalibrationCache:
             return self.memory[key]
         return self._load().get(key)
 
-    def get_or_fit(self, fit: Callable[[], Any], solver: str, grid: Tensor, like: Tensor, **fields: Any) -> Any:
+    def get_or_fit(
+        self, fit: Callable[[], Any], solver: str, grid: Tensor, like: Tensor, **fields: Any
+    ) -> Any:
         """The entry of this configuration (solver name, grid, particle shape of ``like`` and
         ``fields``), made by ``fit()`` and stored when missing."""
-        key = config_key(solver=solver, grid=[round(float(t), 10) for t in grid], shape=list(like.shape[1:]), **fields)
+        key = config_key(
+            solver=solver, grid=[round(float(t), 10) for t in grid], shape=list(like.shape[1:]), **fields
+        )
         found = self.get(key)
         if found is None:
             found = fit()

@@ -93,8 +93,16 @@ class DCSolver(UniPC):
             self.ratios = self.fixed
             return grid
         entry = self.cache.get_or_fit(
-            lambda: {"ratios": self.fit(D, grid, x), "steps": steps, "tag": self.tag}, "dc_solver", grid, x, order=self.order,
-            variant=self.variant, substeps=self.reference_substeps, seed=self.calibration_seed, size=self.calibration_size, tag=self.tag,
+            lambda: {"ratios": self.fit(D, grid, x), "steps": steps, "tag": self.tag},
+            "dc_solver",
+            grid,
+            x,
+            order=self.order,
+            variant=self.variant,
+            substeps=self.reference_substeps,
+            seed=self.calibration_seed,
+            size=self.calibration_size,
+            tag=self.tag,
         )
         self.ratios = entry["ratios"]
         return grid
@@ -102,7 +110,9 @@ class DCSolver(UniPC):
     @torch.no_grad()
     def fit(self, D: Denoiser, grid: Tensor, like: Tensor) -> list[float]:
         """Greedy per-step ratios on one calibration batch shaped like ``like`` (N + 1 NFE beyond the reference)."""
-        x = start = calibration_start(self.schedule, like, float(grid[0]), self.calibration_seed, self.calibration_size)
+        x = start = calibration_start(
+            self.schedule, like, float(grid[0]), self.calibration_seed, self.calibration_size
+        )
         ref = reference_trajectory(D, x, grid, self.reference_substeps)
         self.ratios = [1.0] * (len(grid) - 1)
         state = self.init_state()

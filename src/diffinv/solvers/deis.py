@@ -70,7 +70,9 @@ class DEIS(Solver):
             out.append(float((basis * jac).sum()))
         return out
 
-    def step(self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None) -> tuple[Tensor, State]:
+    def step(
+        self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None
+    ) -> tuple[Tensor, State]:
         a_s, sig_s, a_t, _, _ = self.coefficients(s, t)
         x0 = denoise(D, x, s)
         eps = (x - a_s * x0) / sig_s

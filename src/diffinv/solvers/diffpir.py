@@ -27,7 +27,9 @@ class DiffPIRStep(Solver):
         self.zeta = float(zeta)
         self.stochastic = self.zeta > 0
 
-    def step(self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None) -> tuple[Tensor, State]:
+    def step(
+        self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None
+    ) -> tuple[Tensor, State]:
         a_s, sig_s, a_t, sig_t, _ = self.coefficients(s, t)
         x0 = denoise(D, x, s)
         eps = (x - a_s * x0) / sig_s

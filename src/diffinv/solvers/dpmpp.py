@@ -27,14 +27,22 @@ def dynamic_threshold(x0: Tensor, ratio: float, max_value: float | None) -> Tens
     """Imagen dynamic thresholding (Saharia et al. 2022, §2.3): s = clamp(q_ratio |x0|, 1, max),
     then x0 ← clip(x0, ±s)/s, per particle. ``max_value=1`` is plain clipping to [−1, 1]."""
     flat = x0.reshape(x0.shape[0], -1)
-    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1.0, max=math.inf if max_value is None else max_value)
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(
+        min=1.0, max=math.inf if max_value is None else max_value
+    )
     return (torch.maximum(torch.minimum(flat, s[:, None]), -s[:, None]) / s[:, None]).reshape(x0.shape)
 
 
 class _DataPrediction(Solver):
     """Shared data-prediction options: dynamic thresholding of D (pixel-space models only)."""
 
-    def __init__(self, schedule: VPSchedule, thresholding: bool = False, threshold_ratio: float = 0.995, sample_max_value: float | None = None) -> None:
+    def __init__(
+        self,
+        schedule: VPSchedule,
+        thresholding: bool = False,
+        threshold_ratio: float = 0.995,
+        sample_max_value: float | None = None,
+    ) -> None:
         super().__init__(schedule)
         if not 0.0 < threshold_ratio <= 1.0:
             raise ConfigError(f"threshold_ratio: must be in (0, 1], got {threshold_ratio}")
@@ -48,7 +56,9 @@ class _DataPrediction(Solver):
         return dynamic_threshold(x0, self.threshold_ratio, self.sample_max_value) if self.thresholding else x0
 
 
-def multistep_combination(ms: list[Tensor], lams: tuple[float, ...], h: float) -> tuple[Tensor, Tensor | None, Tensor | None]:
+def multistep_combination(
+    ms: list[Tensor], lams: tuple[float, ...], h: float
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """(D0, D1, D2) of DPM-Solver++ multistep from the newest-first history ``ms`` at ``lams``.
 
     Order 1: D0 only. Order 2 (Alg. 2): D1 = (D0 − D_{−1})/r0 with r0 = h_{−1}/h.
@@ -71,7 +81,9 @@ class DPMSolverPP(_DataPrediction):
     cite = "Lu et al. 2022, DPM-Solver++ Alg. 2"
     order: int = 2
 
-    def step(self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None) -> tuple[Tensor, State]:
+    def step(
+        self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None
+    ) -> tuple[Tensor, State]:
         _, sig_s, a_t, sig_t, h = self.coefficients(s, t)
         x0 = self.predict(D, x, s)
         new = push_history(state, {"x0": x0, "lam": (self.lam(s),)}, self.order)
@@ -79,7 +91,9 @@ class DPMSolverPP(_DataPrediction):
         return multistep_update(x, sig_t / sig_s, a_t, h, d0, d1, d2), new
 
 
-def multistep_update(x: Tensor, sig_ratio: float, a_t: float, h: float, d0: Tensor, d1: Tensor | None, d2: Tensor | None) -> Tensor:
+def multistep_update(
+    x: Tensor, sig_ratio: float, a_t: float, h: float, d0: Tensor, d1: Tensor | None, d2: Tensor | None
+) -> Tensor:
     """DPM-Solver++ multistep update from :func:`multistep_combination`'s (D0, D1, D2).
 
     Order 2: D̄ = D0 + D1/2 in Eq. 9 (Alg. 2); order 3 (official code):
@@ -114,7 +128,9 @@ class DPMSolverPP2S(_DataPrediction):
     cite = "Lu et al. 2022, DPM-Solver++ Alg. 1 (r = 1/2)"
     nfe_per_step = 2
 
-    def step(self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None) -> tuple[Tensor, State]:
+    def step(
+        self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None
+    ) -> tuple[Tensor, State]:
         _, sig_s, a_t, sig_t, h = self.coefficients(s, t)
         m = self.schedule.t_of_lambda(self.schedule.lam(s) + h / 2)
         _, _, a_m, sig_m, _ = self.coefficients(s, m)

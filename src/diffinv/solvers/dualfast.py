@@ -27,7 +27,13 @@ class DualFast(WrappedSolver):
     cite = "Yu et al. 2025, DualFast §4 (update as read here, unverified)"
     prefix = "df_"
 
-    def __init__(self, schedule: VPSchedule, base: str = "dpmpp_2m", base_options: dict[str, Any] | None = None, coefficient: float = 0.2) -> None:
+    def __init__(
+        self,
+        schedule: VPSchedule,
+        base: str = "dpmpp_2m",
+        base_options: dict[str, Any] | None = None,
+        coefficient: float = 0.2,
+    ) -> None:
         super().__init__(schedule, base, base_options)
         self.coefficient = float(coefficient)
 

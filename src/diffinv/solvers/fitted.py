@@ -11,7 +11,16 @@ from torch import Tensor
 from diffinv.diffusion.denoisers import Denoiser
 from diffinv.diffusion.schedule import VPSchedule
 from diffinv.errors import ConfigError
-from diffinv.solvers.base import FunctionDenoiser, PerSampleNoise, Solver, State, denoise, history, push_history, sample
+from diffinv.solvers.base import (
+    FunctionDenoiser,
+    PerSampleNoise,
+    Solver,
+    State,
+    denoise,
+    history,
+    push_history,
+    sample,
+)
 from diffinv.solvers.calibration import CalibrationCache, calibration_start, planned_grid
 from diffinv.solvers.unipc import UniPC
 
@@ -28,7 +37,9 @@ def least_squares(columns: list[Tensor], target: Tensor) -> list[float]:
     flat = torch.stack([c.reshape(-1) for c in columns]).double()
     gram = flat @ flat.T
     rhs = flat @ target.reshape(-1).double()
-    gram = gram + 1e-12 * gram.diagonal().mean() * torch.eye(len(columns), dtype=gram.dtype, device=gram.device)
+    gram = gram + 1e-12 * gram.diagonal().mean() * torch.eye(
+        len(columns), dtype=gram.dtype, device=gram.device
+    )
     return [float(v) for v in torch.linalg.solve(gram, rhs)]
 
 
@@ -104,7 +115,9 @@ class FittedMultistep(Solver):
         sig_t = float(self.schedule.sigma(t))
         return [x] + [sig_t * m for m in history(state, "x0")]
 
-    def step(self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None) -> tuple[Tensor, State]:
+    def step(
+        self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None
+    ) -> tuple[Tensor, State]:
         if self.fitted is None:
             raise ConfigError("fitted_lms: call solver.prepare(D, grid, x) before stepping (sample() does)")
         index = int(state.get("step", 0))
@@ -123,7 +136,9 @@ class FittedMultistep(Solver):
             raise ConfigError(f"fitted_lms fit: need 'coefficients' with one list per step ({steps})")
         for i, c in enumerate(coefs):
             if len(c) != 1 + min(i + 1, self.depth):
-                raise ConfigError(f"fitted_lms fit: step {i} needs {1 + min(i + 1, self.depth)} coefficients (history {self.depth}), got {len(c)}")
+                raise ConfigError(
+                    f"fitted_lms fit: step {i} needs {1 + min(i + 1, self.depth)} coefficients (history {self.depth}), got {len(c)}"
+                )
         self.fitted = [[float(v) for v in c] for c in coefs]
         return planned_grid(fit.get("times"), grid, "fitted_lms fit")
 
@@ -131,8 +146,18 @@ class FittedMultistep(Solver):
         if self.fixed is not None:
             return self._use(self.fixed, grid)
         found = self.cache.get_or_fit(
-            lambda: self.calibrate(D, grid, x), "fitted_lms", grid, x, history=self.depth, warps=self.warps, reference_steps=self.reference_steps,
-            lattice=self.lattice, sweeps=self.sweeps, seed=self.calibration_seed, size=self.calibration_size, tag=self.tag,
+            lambda: self.calibrate(D, grid, x),
+            "fitted_lms",
+            grid,
+            x,
+            history=self.depth,
+            warps=self.warps,
+            reference_steps=self.reference_steps,
+            lattice=self.lattice,
+            sweeps=self.sweeps,
+            seed=self.calibration_seed,
+            size=self.calibration_size,
+            tag=self.tag,
         )
         return self._use(found, grid)
 
@@ -153,11 +178,15 @@ class FittedMultistep(Solver):
         lattice = max(self.lattice, 4 * steps)
         sub = max(1, math.ceil(self.reference_steps / lattice))
         lam0, lam1 = sch.lam(grid[0]), sch.lam(grid[-1])
-        fine = sch.t_of_lambda(lam0 + (lam1 - lam0) * torch.linspace(0.0, 1.0, lattice * sub + 1, dtype=torch.float64))
+        fine = sch.t_of_lambda(
+            lam0 + (lam1 - lam0) * torch.linspace(0.0, 1.0, lattice * sub + 1, dtype=torch.float64)
+        )
         fine[0], fine[-1] = grid[0], grid[-1]
         starts = {g: idx for g in self.warps if (idx := self.node_indices(sch, grid, g, lattice)) is not None}
         if not starts:
-            raise ConfigError(f"fitted_lms: every warp {self.warps} puts two of the {steps} steps on one lattice node (fix: add 1.0 to warps)")
+            raise ConfigError(
+                f"fitted_lms: every warp {self.warps} puts two of the {steps} steps on one lattice node (fix: add 1.0 to warps)"
+            )
         x = calibration_start(sch, like, float(grid[0]), self.calibration_seed, self.calibration_size)
         teacher = [x]
 
@@ -172,7 +201,9 @@ class FittedMultistep(Solver):
             coefs, err = self.fit_path(D, x, times[idx], [teacher[i] for i in idx])
             return err, coefs
 
-        (loss, coefs), warp, nodes = min(((fit(idx), g, idx) for g, idx in starts.items()), key=lambda c: c[0][0])
+        (loss, coefs), warp, nodes = min(
+            ((fit(idx), g, idx) for g, idx in starts.items()), key=lambda c: c[0][0]
+        )
         warp_loss, move = loss, max(1, lattice // 32)
         for _ in range(self.sweeps):
             for k in range(1, steps):
@@ -182,9 +213,17 @@ class FittedMultistep(Solver):
                     if trial[k - 1] < trial[k] < trial[k + 1] and (found := fit(trial))[0] < loss:
                         (loss, coefs), nodes = found, trial
             move = max(1, move // 2)
-        return {"coefficients": coefs, "times": [float(t) for t in times[nodes]], "warp": warp, "warp_loss": warp_loss, "loss": loss}
+        return {
+            "coefficients": coefs,
+            "times": [float(t) for t in times[nodes]],
+            "warp": warp,
+            "warp_loss": warp_loss,
+            "loss": loss,
+        }
 
-    def fit_path(self, D: Denoiser, x: Tensor, times: Tensor, targets: list[Tensor]) -> tuple[list[list[float]], float]:
+    def fit_path(
+        self, D: Denoiser, x: Tensor, times: Tensor, targets: list[Tensor]
+    ) -> tuple[list[list[float]], float]:
         """Greedy on-path least-squares coefficients for ``times`` against the teacher states ``targets``."""
         self.fitted = []
         state = self.init_state()
@@ -192,7 +231,9 @@ class FittedMultistep(Solver):
             m = denoise(D, x, times[i])
             probe = push_history(state, {"x0": m}, self.depth)
             self.fitted.append(least_squares(self.terms(x, probe, times[i + 1]), targets[i + 1]))
-            x, state = self.step(FunctionDenoiser(self.schedule, lambda x_, t_, m=m: m), x, state, times[i], times[i + 1])
+            x, state = self.step(
+                FunctionDenoiser(self.schedule, lambda x_, t_, m=m: m), x, state, times[i], times[i + 1]
+            )
         coefs, self.fitted = self.fitted, None
         err = float((x - targets[-1]).pow(2).mean().sqrt())
         return coefs, err if torch.isfinite(torch.tensor(err)) else float("inf")

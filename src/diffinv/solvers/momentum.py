@@ -32,7 +32,9 @@ class _Momentum(Solver):
         """The D̄ used in the step and the momentum state to keep."""
         raise NotImplementedError
 
-    def step(self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None) -> tuple[Tensor, State]:
+    def step(
+        self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None
+    ) -> tuple[Tensor, State]:
         _, sig_s, a_t, sig_t, h = self.coefficients(s, t)
         x0 = denoise(D, x, s)
         d_bar, new = self.slope(state, {"x0": x0, "lam": (self.lam(s),)}, x0, h)

@@ -33,7 +33,9 @@ class MRS(DPMSolverPP):
         self.order = int(order)
         self.mu = torch.as_tensor(mu, dtype=torch.float64)
 
-    def step(self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None) -> tuple[Tensor, State]:
+    def step(
+        self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None
+    ) -> tuple[Tensor, State]:
         _, sig_s, a_t, sig_t, h = self.coefficients(s, t)
         mu = self.mu.to(x.dtype)
         x0 = denoise(D, x, s)

@@ -12,7 +12,12 @@ from diffinv.diffusion.denoisers import Denoiser
 from diffinv.diffusion.schedule import VPSchedule
 from diffinv.errors import ConfigError
 from diffinv.solvers.base import integrate
-from diffinv.solvers.calibration import CalibrationCache, calibration_start, planned_grid, reference_trajectory
+from diffinv.solvers.calibration import (
+    CalibrationCache,
+    calibration_start,
+    planned_grid,
+    reference_trajectory,
+)
 from diffinv.solvers.unipc import UniPC
 
 CHOICES = ((2, True), (1, True), (3, True), (2, False), (3, False))  # (predictor order, corrector)
@@ -86,8 +91,17 @@ class S3(UniPC):
         if self.fixed_plan is not None:
             return self._use(self.fixed_plan, grid)
         found = self.cache.get_or_fit(
-            lambda: self.search(D, grid, x), "s3", grid, x, blocks=self.blocks, sweeps=self.sweeps, substeps=self.reference_substeps,
-            seed=self.calibration_seed, size=self.calibration_size, tag=self.tag, variant=self.variant,
+            lambda: self.search(D, grid, x),
+            "s3",
+            grid,
+            x,
+            blocks=self.blocks,
+            sweeps=self.sweeps,
+            substeps=self.reference_substeps,
+            seed=self.calibration_seed,
+            size=self.calibration_size,
+            tag=self.tag,
+            variant=self.variant,
         )
         return self._use(found, grid)
 
@@ -106,7 +120,9 @@ class S3(UniPC):
         steps = len(grid) - 1
         nb = min(self.blocks, steps)
         block_of = [i * nb // steps for i in range(steps)]
-        x = calibration_start(self.schedule, like, float(grid[0]), self.calibration_seed, self.calibration_size)
+        x = calibration_start(
+            self.schedule, like, float(grid[0]), self.calibration_seed, self.calibration_size
+        )
         target = reference_trajectory(D, x, grid, self.reference_substeps)[-1]
 
         def loss(choice: list[int], knots: np.ndarray) -> float:

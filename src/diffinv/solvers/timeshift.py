@@ -49,7 +49,10 @@ class TimeShift(WrappedSolver):
         key = str(device)
         if key not in self.tables:
             sch = self.schedule
-            self.tables[key] = tuple(v.to(device) for v in (self.taus, sch.sigma(self.taus) ** 2, sch.alpha(self.taus), sch.sigma(self.taus)))  # type: ignore[assignment]
+            self.tables[key] = tuple(
+                v.to(device)
+                for v in (self.taus, sch.sigma(self.taus) ** 2, sch.alpha(self.taus), sch.sigma(self.taus))
+            )  # type: ignore[assignment]
         return self.tables[key]
 
     def shifted_index(self, x: Tensor, t: float) -> Tensor:
@@ -57,7 +60,9 @@ class TimeShift(WrappedSolver):
         _, noise_var, _, _ = self.table(x.device)
         var = x.reshape(x.shape[0], -1).to(torch.float64).var(dim=1, unbiased=False)
         lo = int(torch.searchsorted(self.taus, torch.tensor(t - self.window, dtype=torch.float64)))
-        hi = int(torch.searchsorted(self.taus, torch.tensor(t + self.window, dtype=torch.float64), right=True))
+        hi = int(
+            torch.searchsorted(self.taus, torch.tensor(t + self.window, dtype=torch.float64), right=True)
+        )
         lo, hi = min(lo, len(self.taus) - 1), max(hi, lo + 1)
         return lo + ((var[:, None] - noise_var[None, lo:hi]) ** 2).argmin(dim=1)
 

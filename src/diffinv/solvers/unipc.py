@@ -36,11 +36,25 @@ def unipc_weights(h: float, nodes: tuple[float, ...], variant: str) -> tuple[flo
         b.append(hphi * fact / b_h)
         fact *= i + 1
         hphi = hphi / hh - 1.0 / fact
-    return phi1, b_h, tuple(float(r) for r in np.linalg.solve(np.vander(np.asarray(nodes), n, increasing=True).T, np.asarray(b)))
+    return (
+        phi1,
+        b_h,
+        tuple(
+            float(r)
+            for r in np.linalg.solve(np.vander(np.asarray(nodes), n, increasing=True).T, np.asarray(b))
+        ),
+    )
 
 
 def unipc_update(
-    x: Tensor, sig_ratio: float, a_t: float, h: float, ms: list[Tensor], lams: tuple[float, ...], variant: str, new: Tensor | None = None
+    x: Tensor,
+    sig_ratio: float,
+    a_t: float,
+    h: float,
+    ms: list[Tensor],
+    lams: tuple[float, ...],
+    variant: str,
+    new: Tensor | None = None,
 ) -> Tensor:
     """UniP (``new=None``) or UniC (``new`` = the output at the target) from ``x`` at λ = lams[0].
 
@@ -98,7 +112,9 @@ class UniPC(_DataPrediction):
         """The newest output as used in step ``index`` (identity here; DC-Solver overrides)."""
         return m
 
-    def step(self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None) -> tuple[Tensor, State]:
+    def step(
+        self, D: Denoiser, x: Tensor, state: State, s: Tensor, t: Tensor, noise: PerSampleNoise | None = None
+    ) -> tuple[Tensor, State]:
         _, sig_s, a_t, sig_t, h = self.coefficients(s, t)
         index = int(state.get("step", 0))
         order, corrector = self.plan(index)
@@ -107,7 +123,9 @@ class UniPC(_DataPrediction):
         if corrector and "x_last" in state:
             _, sig_0, a_s, _, h_c = self.coefficients(state["t_last"], s)
             prev = history(state, "x0")[: state["order"]]
-            x = unipc_update(state["x_last"], sig_s / sig_0, a_s, h_c, prev, state["lam"], self.variant, new=m)
+            x = unipc_update(
+                state["x_last"], sig_s / sig_0, a_s, h_c, prev, state["lam"], self.variant, new=m
+            )
         new = push_history(state, {"x0": m_raw, "lam": (self.lam(s),), "time": (float(s),)}, 3)
         ms = [m] + history(new, "x0")[1:]
         p = min(order, len(ms))

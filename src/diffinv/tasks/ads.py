@@ -129,7 +129,13 @@ def ads_case(
         op, y = case_operator(case, mask, device)
         with torch.no_grad():
             x = op.project(x, y.expand((n,) + tuple(y.shape[1:])))
-    return {"samples": x.cpu(), "mask": mask.cpu(), "order": order, "entropy": np.array(entropies).reshape(len(order), width), "nfe": counter.nfe}
+    return {
+        "samples": x.cpu(),
+        "mask": mask.cpu(),
+        "order": order,
+        "entropy": np.array(entropies).reshape(len(order), width),
+        "nfe": counter.nfe,
+    }
 
 
 def greedy_mask(cases: Sequence[MRICase], budget: int, num_low: int) -> Tensor:
@@ -158,7 +164,9 @@ def greedy_mask(cases: Sequence[MRICase], budget: int, num_low: int) -> Tensor:
     return mask
 
 
-def baseline_mask(kind: str, width: int, budget: int, num_low: int, center_fraction: float, seed: int, greedy: Tensor | None) -> Tensor:
+def baseline_mask(
+    kind: str, width: int, budget: int, num_low: int, center_fraction: float, seed: int, greedy: Tensor | None
+) -> Tensor:
     """A fixed mask of the given kind with exactly ``budget`` lines."""
     if kind == "greedy":
         return greedy.clone()
@@ -168,7 +176,9 @@ def baseline_mask(kind: str, width: int, budget: int, num_low: int, center_fract
     return sampling_mask(fastmri_kind, width, width / budget, center_fraction, seed)
 
 
-def ads_inputs(cfg: dict[str, Any], data: Path, train: Path, cases: int | None = None) -> tuple[list[MRICase], list[MRICase], dict[str, Any], dict[str, Any]]:
+def ads_inputs(
+    cfg: dict[str, Any], data: Path, train: Path, cases: int | None = None
+) -> tuple[list[MRICase], list[MRICase], dict[str, Any], dict[str, Any]]:
     """What :func:`run_ads` needs from a validated config: evaluation cases (the first
     ``cases``, default ``ads.cases``), training cases with truth for the greedy mask, the
     method (options filled in) and the sampling settings with ``ads.particles`` samples."""
@@ -207,18 +217,35 @@ def run_ads(
         start = time.perf_counter()
         run = ads_case(case, i, prior, budget, method, sampling, ads, seed, device)
         if ads["reconstruction"] == "resample":
-            final = reconstruct_case(case, i, prior, acceleration, method, sampling, center_fraction, seed, device, mask=run["mask"])
+            final = reconstruct_case(
+                case,
+                i,
+                prior,
+                acceleration,
+                method,
+                sampling,
+                center_fraction,
+                seed,
+                device,
+                mask=run["mask"],
+            )
             run["samples"], run["nfe"] = final["samples"], run["nfe"] + final["nfe"]
         per, mk, nfe, wall = [run["samples"]], [run["mask"]], [run["nfe"]], [time.perf_counter() - start]
         for kind in ads["baselines"]:
             start = time.perf_counter()
-            m = baseline_mask(kind, width, budget, num_low, center_fraction, case_seed(seed, i, 0) % 2**32, greedy)
-            out = reconstruct_case(case, i, prior, acceleration, method, sampling, center_fraction, seed, device, mask=m)
+            m = baseline_mask(
+                kind, width, budget, num_low, center_fraction, case_seed(seed, i, 0) % 2**32, greedy
+            )
+            out = reconstruct_case(
+                case, i, prior, acceleration, method, sampling, center_fraction, seed, device, mask=m
+            )
             per.append(out["samples"])
             mk.append(m)
             nfe.append(out["nfe"])
             wall.append(time.perf_counter() - start)
-        samples.append(torch.stack([channels_to_complex(s) * case.scale for s in per]).numpy().astype(np.complex64))
+        samples.append(
+            torch.stack([channels_to_complex(s) * case.scale for s in per]).numpy().astype(np.complex64)
+        )
         masks.append(torch.stack(mk).numpy())
         orders.append(run["order"])
         entropies.append(run["entropy"])
@@ -235,21 +262,86 @@ def run_ads(
     dims = ("strategy", "case", "sample", "y", "x")
     ds = xr.Dataset(
         {
-            "samples": (dims, samples_arr, {"long_name": "posterior samples (complex image) per sampling strategy", "units": "a.u."}),
-            "mean": (dims[:2] + dims[3:], samples_arr.mean(2), {"long_name": "posterior mean (complex)", "units": "a.u."}),
-            "std": (dims[:2] + dims[3:], magnitude.std(2, ddof=1).astype(np.float32), {"long_name": "posterior std of the magnitude image", "units": "a.u."}),
-            "mask": (("strategy", "case", "x"), np.stack(masks, axis=1), {"long_name": "final acquired phase-encode columns"}),
-            "nfe": (("strategy", "case"), np.array(nfes, np.int64).T, {"long_name": "denoiser evaluations per particle batch (ADS: acquisition pass + final sampling)"}),
-            "wall_time_s": (("strategy", "case"), np.array(walls, np.float32).T, {"long_name": "wall time per slice (ADS: line selection + final sampling; greedy mask search excluded)", "units": "s"}),
-            "acquisition_order": (("case", "acquisition"), order_arr, {"long_name": "column acquired at each ADS acquisition (-1: none)"}),
-            "entropy": (("case", "acquisition", "x"), entropy_arr, {"long_name": "estimated entropy of each candidate column at each acquisition (NaN: already acquired)", "units": "nat"}),
+            "samples": (
+                dims,
+                samples_arr,
+                {"long_name": "posterior samples (complex image) per sampling strategy", "units": "a.u."},
+            ),
+            "mean": (
+                dims[:2] + dims[3:],
+                samples_arr.mean(2),
+                {"long_name": "posterior mean (complex)", "units": "a.u."},
+            ),
+            "std": (
+                dims[:2] + dims[3:],
+                magnitude.std(2, ddof=1).astype(np.float32),
+                {"long_name": "posterior std of the magnitude image", "units": "a.u."},
+            ),
+            "mask": (
+                ("strategy", "case", "x"),
+                np.stack(masks, axis=1),
+                {"long_name": "final acquired phase-encode columns"},
+            ),
+            "nfe": (
+                ("strategy", "case"),
+                np.array(nfes, np.int64).T,
+                {
+                    "long_name": "denoiser evaluations per particle batch (ADS: acquisition pass + final sampling)"
+                },
+            ),
+            "wall_time_s": (
+                ("strategy", "case"),
+                np.array(walls, np.float32).T,
+                {
+                    "long_name": "wall time per slice (ADS: line selection + final sampling; greedy mask search excluded)",
+                    "units": "s",
+                },
+            ),
+            "acquisition_order": (
+                ("case", "acquisition"),
+                order_arr,
+                {"long_name": "column acquired at each ADS acquisition (-1: none)"},
+            ),
+            "entropy": (
+                ("case", "acquisition", "x"),
+                entropy_arr,
+                {
+                    "long_name": "estimated entropy of each candidate column at each acquisition (NaN: already acquired)",
+                    "units": "nat",
+                },
+            ),
         },
-        coords={"strategy": strategies, "case": [c.label for c in cases], "sample": np.arange(samples_arr.shape[2]), "y": ("y", np.arange(samples_arr.shape[3]), {"units": "pixel"}), "x": ("x", np.arange(width), {"units": "pixel"})},
+        coords={
+            "strategy": strategies,
+            "case": [c.label for c in cases],
+            "sample": np.arange(samples_arr.shape[2]),
+            "y": ("y", np.arange(samples_arr.shape[3]), {"units": "pixel"}),
+            "x": ("x", np.arange(width), {"units": "pixel"}),
+        },
     )
     if all(c.truth is not None for c in cases):
-        ds["truth"] = (("case", "y", "x"), np.stack([(channels_to_complex(c.truth) * c.scale).numpy() for c in cases]).astype(np.complex64), {"long_name": "reference image from fully sampled k-space", "units": "a.u."})
-    ds.attrs.update(acceleration=acceleration, lines=budget, method=f"{method['solver']}-{method['guidance']}", reconstruction=ads["reconstruction"], greedy_search_s=round(greedy_search_s, 3))
-    record = dict(record, acceleration=acceleration, lines=budget, method=method, ads=ads, seed=seed, device=device, nfe_ads_per_case=int(np.mean([n[0] for n in nfes])))
+        ds["truth"] = (
+            ("case", "y", "x"),
+            np.stack([(channels_to_complex(c.truth) * c.scale).numpy() for c in cases]).astype(np.complex64),
+            {"long_name": "reference image from fully sampled k-space", "units": "a.u."},
+        )
+    ds.attrs.update(
+        acceleration=acceleration,
+        lines=budget,
+        method=f"{method['solver']}-{method['guidance']}",
+        reconstruction=ads["reconstruction"],
+        greedy_search_s=round(greedy_search_s, 3),
+    )
+    record = dict(
+        record,
+        acceleration=acceleration,
+        lines=budget,
+        method=method,
+        ads=ads,
+        seed=seed,
+        device=device,
+        nfe_ads_per_case=int(np.mean([n[0] for n in nfes])),
+    )
     return set_provenance(ds, provenance(**record))
 
 
@@ -260,5 +352,13 @@ def ads_metrics(ds: xr.Dataset) -> list[dict[str, Any]]:
     mean = ds["mean"].values
     for s, strategy in enumerate(ds["strategy"].values):
         for c, case in enumerate(ds["case"].values):
-            rows.append({"strategy": str(strategy), "case": str(case), "acceleration": int(ds.attrs["acceleration"]), "lines": int(ds.attrs["lines"]), **image_metrics(truth[c], mean[s, c])})
+            rows.append(
+                {
+                    "strategy": str(strategy),
+                    "case": str(case),
+                    "acceleration": int(ds.attrs["acceleration"]),
+                    "lines": int(ds.attrs["lines"]),
+                    **image_metrics(truth[c], mean[s, c]),
+                }
+            )
     return rows

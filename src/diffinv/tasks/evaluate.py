@@ -22,13 +22,22 @@ def evaluate_store(store: Path) -> pd.DataFrame:
     """One row per (case, reconstruction): PSNR, SSIM, NMSE; posterior rows add coverage and diagnostics."""
     ds = open_zarr(store)
     if "truth" not in ds:
-        raise InputError(store, "no 'truth' variable: metrics need fully sampled reference data", "evaluate stores made from train/val files")
+        raise InputError(
+            store,
+            "no 'truth' variable: metrics need fully sampled reference data",
+            "evaluate stores made from train/val files",
+        )
     rows = []
     for i, case in enumerate(ds["case"].values):
         sl = ds.isel(case=i).load()
         truth = np.abs(sl["truth"].values)
         for recon, var in RECONSTRUCTIONS.items():
-            row = {"case": str(case), "method": ds.attrs["method"], "acceleration": int(ds.attrs["acceleration"]), "reconstruction": recon}
+            row = {
+                "case": str(case),
+                "method": ds.attrs["method"],
+                "acceleration": int(ds.attrs["acceleration"]),
+                "reconstruction": recon,
+            }
             row.update(image_metrics(truth, sl[var].values))
             if recon == "posterior_mean":
                 cover = interval_coverage(np.abs(sl["samples"].values), truth, COVERAGE_LEVELS)
@@ -50,7 +59,13 @@ def case_figures(store: Path, folder: Path) -> list[Path]:
     for i, case in enumerate(ds["case"].values):
         sl = ds.isel(case=i).load()
         panels = {"truth": sl["truth"].values} if "truth" in sl else {}
-        panels.update({"zero-filled": sl["zero_filled"].values, "no prior": sl["no_prior"].values, "posterior mean": sl["mean"].values})
+        panels.update(
+            {
+                "zero-filled": sl["zero_filled"].values,
+                "no prior": sl["no_prior"].values,
+                "posterior mean": sl["mean"].values,
+            }
+        )
         title = f"{case}  {ds.attrs['method']}  {ds.attrs['acceleration']}x  ({sl.sizes['sample']} samples)"
         paths.append(plot_case(panels, sl["std"].values, title, folder / f"case{i:03d}.png"))
     return paths
@@ -86,7 +101,11 @@ def evaluate_ads(store: Path, metrics_csv: Path, figures: Path) -> pd.DataFrame:
 
     ds = open_zarr(store).load()
     if "truth" not in ds:
-        raise InputError(store, "no 'truth' variable: metrics need fully sampled reference data", "run ADS on train/val files")
+        raise InputError(
+            store,
+            "no 'truth' variable: metrics need fully sampled reference data",
+            "run ADS on train/val files",
+        )
     table = pd.DataFrame(ads_metrics(ds))
     with atomic_path(metrics_csv) as tmp:
         table.to_csv(tmp, index=False, float_format="%.5g")
@@ -96,17 +115,31 @@ def evaluate_ads(store: Path, metrics_csv: Path, figures: Path) -> pd.DataFrame:
         for c, case in enumerate(ds["case"].values):
             per_case = table[table["case"] == str(case)].set_index("strategy")["ssim"]
             best_baseline = per_case.drop("ads").idxmax()
-            images = {"truth": ds["truth"].values[c], "ADS mean": ds["mean"].sel(strategy="ads").values[c], f"{best_baseline} mean": ds["mean"].sel(strategy=best_baseline).values[c]}
+            images = {
+                "truth": ds["truth"].values[c],
+                "ADS mean": ds["mean"].sel(strategy="ads").values[c],
+                f"{best_baseline} mean": ds["mean"].sel(strategy=best_baseline).values[c],
+            }
             masks = {s: ds["mask"].sel(strategy=s).values[c] for s in strategies}
             title = f"{case}  ADS {ds.attrs['acceleration']}x ({ds.attrs['lines']} lines)  SSIM ADS {per_case['ads']:.3f} vs {best_baseline} {per_case[best_baseline]:.3f}"
-            plot_ads_case(ds["entropy"].values[c], ds["acquisition_order"].values[c], masks, images, ds["std"].sel(strategy="ads").values[c], title, tmp / f"case{c:03d}.png")
+            plot_ads_case(
+                ds["entropy"].values[c],
+                ds["acquisition_order"].values[c],
+                masks,
+                images,
+                ds["std"].sel(strategy="ads").values[c],
+                title,
+                tmp / f"case{c:03d}.png",
+            )
     return table
 
 
 def summarise_ads(metrics: Sequence[Path], out_csv: Path) -> pd.DataFrame:
     """Mean metrics per (acceleration, strategy), with ADS's SSIM gain over the best fixed mask."""
     table = pd.concat([pd.read_csv(m) for m in metrics], ignore_index=True)
-    summary = table.groupby(["acceleration", "lines", "strategy"], as_index=False)[["psnr", "ssim", "nmse"]].mean()
+    summary = table.groupby(["acceleration", "lines", "strategy"], as_index=False)[
+        ["psnr", "ssim", "nmse"]
+    ].mean()
     best_fixed = summary[summary["strategy"] != "ads"].groupby("acceleration")["ssim"].max()
     ads_ssim = summary[summary["strategy"] == "ads"].set_index("acceleration")["ssim"]
     summary["ssim_gain_of_ads_over_best_fixed"] = summary["acceleration"].map(ads_ssim - best_fixed)

@@ -47,7 +47,9 @@ class MRICase:
     num_low: int
 
 
-def prepare_cases(kspace: np.ndarray, acquired: np.ndarray, labels: Sequence[str], num_low: int) -> list[MRICase]:
+def prepare_cases(
+    kspace: np.ndarray, acquired: np.ndarray, labels: Sequence[str], num_low: int
+) -> list[MRICase]:
     """Sensitivities, normalisation and (if fully sampled) reference images of a batch of slices.
 
     ``kspace`` is (S, C, H, W) complex, ``acquired`` (S, W) bool; ``num_low`` calibration
@@ -65,14 +67,20 @@ def prepare_cases(kspace: np.ndarray, acquired: np.ndarray, labels: Sequence[str
     for i, label in enumerate(labels):
         scale = float(scales[i])
         if not np.isfinite(scale) or scale <= 0:
-            raise InputError(label, "calibration lines hold no signal", "check the k-space and num_low_frequency")
+            raise InputError(
+                label, "calibration lines hold no signal", "check the k-space and num_low_frequency"
+            )
         acq = torch.from_numpy(np.asarray(acquired[i], bool))
         truth = complex_to_channels(full[i] / scale) if bool(acq.all()) else None
-        cases.append(MRICase(label, k[i] / scale, sens[i] if sens is not None else None, acq, truth, scale, num_low))
+        cases.append(
+            MRICase(label, k[i] / scale, sens[i] if sens is not None else None, acq, truth, scale, num_low)
+        )
     return cases
 
 
-def load_cases(store: Path, center_fraction: float, limit: int | None = None, chunk: int = 256) -> list[MRICase]:
+def load_cases(
+    store: Path, center_fraction: float, limit: int | None = None, chunk: int = 256
+) -> list[MRICase]:
     """Cases of an ingested fastMRI store (first ``limit`` slices), read ``chunk`` slices at a time."""
     ds = open_zarr(store)
     n = ds.sizes["slice"] if limit is None else min(limit, ds.sizes["slice"])
@@ -97,7 +105,9 @@ def training_images(store: Path, center_fraction: float) -> Tensor:
     """(N, 2, H, W) normalised reference images of every fully sampled slice of a store."""
     images = [c.truth for c in load_cases(store, center_fraction) if c.truth is not None]
     if not images:
-        raise InputError(store, "no fully sampled slices to train on", "train on fastMRI train/val files, not test files")
+        raise InputError(
+            store, "no fully sampled slices to train on", "train on fastMRI train/val files, not test files"
+        )
     return torch.stack(images)
 
 
@@ -106,11 +116,19 @@ def case_seed(seed: int, case: int, particle: int) -> int:
     return derive_seed(seed, case, particle)
 
 
-def case_mask(case: MRICase, case_index: int, acceleration: int, kind: str, center_fraction: float, seed: int) -> Tensor:
+def case_mask(
+    case: MRICase, case_index: int, acceleration: int, kind: str, center_fraction: float, seed: int
+) -> Tensor:
     """The retrospective mask of a fully sampled case, or the file's own mask otherwise."""
     if not bool(case.acquired.all()):
         return case.acquired  # prospectively undersampled file
-    return sampling_mask(kind, case.kspace.shape[-1], acceleration, center_fraction, seed=case_seed(seed, case_index, 0) % 2**32)
+    return sampling_mask(
+        kind,
+        case.kspace.shape[-1],
+        acceleration,
+        center_fraction,
+        seed=case_seed(seed, case_index, 0) % 2**32,
+    )
 
 
 def case_operator(case: MRICase, mask: Tensor, device: str) -> tuple[MRIOperator, Tensor]:
@@ -120,14 +138,26 @@ def case_operator(case: MRICase, mask: Tensor, device: str) -> tuple[MRIOperator
     return op, op.mask * (case.kspace[None] if sens is not None else case.kspace).to(device)
 
 
-def baselines(case: MRICase, mask: Tensor, clip: float | None, cg_steps: int, iterations: int, device: str) -> tuple[Tensor, Tensor]:
+def baselines(
+    case: MRICase, mask: Tensor, clip: float | None, cg_steps: int, iterations: int, device: str
+) -> tuple[Tensor, Tensor]:
     """Zero-filled (Aᴴy) and no-prior reconstructions of a case under ``mask`` (normalised units)."""
     op, y = case_operator(case, mask, device)
     zero_filled = op.A_adjoint(y)
-    return zero_filled[0].cpu(), no_prior_reconstruction(op, y, zero_filled, clip, cg_steps, iterations)[0].cpu()
+    return zero_filled[0].cpu(), no_prior_reconstruction(op, y, zero_filled, clip, cg_steps, iterations)[
+        0
+    ].cpu()
 
 
-def no_prior_reconstruction(op: MRIOperator, y: Tensor, x_init: Tensor, clip: float | None, cg_steps: int, iterations: int, tol: float = 1e-6) -> Tensor:
+def no_prior_reconstruction(
+    op: MRIOperator,
+    y: Tensor,
+    x_init: Tensor,
+    clip: float | None,
+    cg_steps: int,
+    iterations: int,
+    tol: float = 1e-6,
+) -> Tensor:
     """The no-prior baseline: data-consistency CG and the value constraint, alternated to convergence."""
     x = x_init
     for _ in range(iterations):
@@ -166,14 +196,20 @@ def reconstruct_case(
     samples, hal, resid, ess = [], [], [], []
     n, bs = sampling["samples"], sampling["batch_size"]
     shape = (2,) + tuple(case.kspace.shape[-2:])
-    search = make_search(method["search"], op, y1, **method.get("search_options", {})) if method.get("search") else None
+    search = (
+        make_search(method["search"], op, y1, **method.get("search_options", {}))
+        if method.get("search")
+        else None
+    )
     start = time.perf_counter()
     for b0 in range(0, n, bs):
         seeds = [case_seed(seed, case_index, 1 + i) for i in range(b0, min(n, b0 + bs))]
         y = y1.expand((len(seeds),) + tuple(y1.shape[1:]))
         if search is None:
             noise = PerSampleNoise(seeds, device)
-            guidance = make_guidance(method["guidance"], op, y1, **method.get("guidance_options", {}))  # broadcasts: calibrated solvers use their own batch
+            guidance = make_guidance(
+                method["guidance"], op, y1, **method.get("guidance_options", {})
+            )  # broadcasts: calibrated solvers use their own batch
             x_t = noise.randn(shape) * float(prior.schedule.sigma(grid[0]))
             tracker = HallucinationScore(len(grid) - 1, sampling["hallucination_steps"])
             with torch.no_grad():
@@ -200,7 +236,18 @@ def reconstruct_case(
     }
 
 
-def _search_batch(search: SearchMethod, solver: Solver, counter: Denoiser, method: dict[str, Any], op: MRIOperator, y1: Tensor, grid: Tensor, seeds: list[int], shape: tuple[int, ...], device: str) -> tuple[Tensor, Tensor, Tensor]:
+def _search_batch(
+    search: SearchMethod,
+    solver: Solver,
+    counter: Denoiser,
+    method: dict[str, Any],
+    op: MRIOperator,
+    y1: Tensor,
+    grid: Tensor,
+    seeds: list[int],
+    shape: tuple[int, ...],
+    device: str,
+) -> tuple[Tensor, Tensor, Tensor]:
     """One batch of posterior samples from a search plug-in: samples, hallucination scores, ESS (NaN if none)."""
     per_run = search.particles_per_run
     noise = PerSampleNoise([derive_seed(s, j) for s in seeds for j in range(per_run)], device)
@@ -233,24 +280,67 @@ def reconstruct(
     record: dict[str, Any],
 ) -> xr.Dataset:
     """Posterior Dataset for all cases at one acceleration (zarr contract, design §4)."""
-    results = [reconstruct_case(c, i, prior, acceleration, method, sampling, center_fraction, seed, device) for i, c in enumerate(cases)]
+    results = [
+        reconstruct_case(c, i, prior, acceleration, method, sampling, center_fraction, seed, device)
+        for i, c in enumerate(cases)
+    ]
     cg_steps = int(method.get("guidance_options", {}).get("cg_steps", 5))
     for r, c in zip(results, cases):
-        r["zero_filled"], r["no_prior"] = baselines(c, r["mask"], getattr(prior, "clip", None), cg_steps, sampling["no_prior_iterations"], device)
+        r["zero_filled"], r["no_prior"] = baselines(
+            c, r["mask"], getattr(prior, "clip", None), cg_steps, sampling["no_prior_iterations"], device
+        )
     samples = np.stack([_to_complex(r["samples"], c.scale) for r, c in zip(results, cases)])
     magnitude = np.abs(samples)
     dims = ("case", "sample", "y", "x")
     ds = xr.Dataset(
         {
             "samples": (dims, samples, {"long_name": "posterior samples (complex image)", "units": "a.u."}),
-            "mean": (dims[:1] + dims[2:], samples.mean(1), {"long_name": "posterior mean (complex)", "units": "a.u."}),
-            "std": (dims[:1] + dims[2:], magnitude.std(1, ddof=1).astype(np.float32), {"long_name": "posterior std of the magnitude image", "units": "a.u."}),
-            "zero_filled": (dims[:1] + dims[2:], np.stack([_to_complex(r["zero_filled"], c.scale) for r, c in zip(results, cases)]), {"long_name": "zero-filled reconstruction (A^H y)", "units": "a.u."}),
-            "no_prior": (dims[:1] + dims[2:], np.stack([_to_complex(r["no_prior"], c.scale) for r, c in zip(results, cases)]), {"long_name": "no-prior baseline: data consistency + value constraint to convergence", "units": "a.u."}),
-            "mask": (("case", "x"), np.stack([r["mask"].numpy() for r in results]), {"long_name": "acquired phase-encode columns"}),
-            "hallucination_score": (("case", "sample"), np.stack([r["hallucination_score"].numpy() for r in results]), {"long_name": "variance of x0 predictions over the final steps (Aithal et al. 2024)", "units": "normalised^2"}),
-            "relative_residual": (("case", "sample"), np.stack([r["relative_residual"].numpy() for r in results]), {"long_name": "||y - A x|| / ||y||", "units": "1"}),
-            "scale": (("case",), np.array([c.scale for c in cases]), {"long_name": "normalisation scale (q99 of the calibration image)", "units": "a.u."}),
+            "mean": (
+                dims[:1] + dims[2:],
+                samples.mean(1),
+                {"long_name": "posterior mean (complex)", "units": "a.u."},
+            ),
+            "std": (
+                dims[:1] + dims[2:],
+                magnitude.std(1, ddof=1).astype(np.float32),
+                {"long_name": "posterior std of the magnitude image", "units": "a.u."},
+            ),
+            "zero_filled": (
+                dims[:1] + dims[2:],
+                np.stack([_to_complex(r["zero_filled"], c.scale) for r, c in zip(results, cases)]),
+                {"long_name": "zero-filled reconstruction (A^H y)", "units": "a.u."},
+            ),
+            "no_prior": (
+                dims[:1] + dims[2:],
+                np.stack([_to_complex(r["no_prior"], c.scale) for r, c in zip(results, cases)]),
+                {
+                    "long_name": "no-prior baseline: data consistency + value constraint to convergence",
+                    "units": "a.u.",
+                },
+            ),
+            "mask": (
+                ("case", "x"),
+                np.stack([r["mask"].numpy() for r in results]),
+                {"long_name": "acquired phase-encode columns"},
+            ),
+            "hallucination_score": (
+                ("case", "sample"),
+                np.stack([r["hallucination_score"].numpy() for r in results]),
+                {
+                    "long_name": "variance of x0 predictions over the final steps (Aithal et al. 2024)",
+                    "units": "normalised^2",
+                },
+            ),
+            "relative_residual": (
+                ("case", "sample"),
+                np.stack([r["relative_residual"].numpy() for r in results]),
+                {"long_name": "||y - A x|| / ||y||", "units": "1"},
+            ),
+            "scale": (
+                ("case",),
+                np.array([c.scale for c in cases]),
+                {"long_name": "normalisation scale (q99 of the calibration image)", "units": "a.u."},
+            ),
         },
         coords={
             "case": [c.label for c in cases],
@@ -260,9 +350,20 @@ def reconstruct(
         },
     )
     if all(r["ess"] is not None for r in results):
-        ds["ess"] = (("case", "sample"), np.stack([r["ess"].numpy() for r in results]), {"long_name": "effective sample size of the particle population behind each sample", "units": "particles"})
+        ds["ess"] = (
+            ("case", "sample"),
+            np.stack([r["ess"].numpy() for r in results]),
+            {
+                "long_name": "effective sample size of the particle population behind each sample",
+                "units": "particles",
+            },
+        )
     if all(c.truth is not None for c in cases):
-        ds["truth"] = (("case", "y", "x"), np.stack([_to_complex(c.truth, c.scale) for c in cases]), {"long_name": "reference image from fully sampled k-space", "units": "a.u."})
+        ds["truth"] = (
+            ("case", "y", "x"),
+            np.stack([_to_complex(c.truth, c.scale) for c in cases]),
+            {"long_name": "reference image from fully sampled k-space", "units": "a.u."},
+        )
     ds.attrs["acceleration"] = acceleration
     ds.attrs["method"] = method_name(method)
     record = dict(record)
