@@ -94,18 +94,21 @@ def main() -> None:
     rows = [r for d in devices for r in bench(cfg, args, d)]
 
     print(
-        f"\n{'device':<6} {'acc':>3} {'strategy':<17} {'PSNR':>6} {'SSIM':>6} {'NMSE':>7} {'s/slice':>8} {'NFE/slice':>9}"
+        f"\n{'device':<6} {'acc':>3} {'strategy':<17} {'PSNR':>6} {'SSIM':>6} {'NMSE':>7} "
+        f"{'s/slice':>8} {'NFE/slice':>9}"
     )
     for r in rows:
         print(
-            f"{r['device']:<6} {r['acceleration']:>3} {r['strategy']:<17} {r['psnr']:6.2f} {r['ssim']:6.4f} {r['nmse']:7.4f} {r['time_per_slice_s']:8.2f} {r['nfe_per_slice']:9.0f}"
+            f"{r['device']:<6} {r['acceleration']:>3} {r['strategy']:<17} {r['psnr']:6.2f} "
+            f"{r['ssim']:6.4f} {r['nmse']:7.4f} {r['time_per_slice_s']:8.2f} {r['nfe_per_slice']:9.0f}"
         )
     for device, acc in dict.fromkeys((r["device"], r["acceleration"]) for r in rows):
         group = [r for r in rows if r["device"] == device and r["acceleration"] == acc]
         ads = next(r for r in group if r["strategy"] == "ads")
         best = max((r for r in group if r["strategy"] != "ads"), key=lambda r: r["ssim"])
         print(
-            f"{device} {acc}x: ADS SSIM {ads['ssim']:.4f} vs best fixed ({best['strategy']}) {best['ssim']:.4f}: gain {ads['ssim'] - best['ssim']:+.4f}"
+            f"{device} {acc}x: ADS SSIM {ads['ssim']:.4f} vs best fixed ({best['strategy']}) "
+            f"{best['ssim']:.4f}: gain {ads['ssim'] - best['ssim']:+.4f}"
         )
 
     write_csv(OUT / "ads_benchmark.csv", rows)

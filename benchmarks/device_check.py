@@ -58,8 +58,9 @@ REL_TOL = 1e-2  # relative RMSE difference device vs CPU of a solver's samples (
 PSNR_TOL = 0.5  # dB, posterior-mean PSNR device vs CPU, methods without a search
 # as tests/search/test_mri_search.py: guidance methods with a kernel of their own, small search budgets
 OWN_SOLVER = {"ddrm": "ddrm", "diffpir": "diffpir"}
-# with their defaults these two diverge on the demo prior at 10 steps (PSNR -18 dB and 0 dB, measured), where
-# device round-off is amplified without bound; stable settings (20.5 and 15.0 dB) make the comparison meaningful
+# with their defaults these two diverge on the demo prior at 10 steps (PSNR -18 dB and 0 dB, measured),
+# where device round-off is amplified without bound; stable settings (20.5 and 15.0 dB) make the
+# comparison meaningful
 STABLE_GUIDANCE_OPTIONS = {"gaussian_score": {"gamma": 1.0}, "pigdm": {"alpha_power": 1.0}}
 SMALL_SEARCH_OPTIONS = {
     "smc": {"particles": 2},
@@ -135,7 +136,10 @@ class Context:
         extra, note = (plan(ref) if plan and ref else {}), ""
         if main and extra:
             same = close(plan(main), extra)
-            note = f"own calibration ({'same' if same else 'different'} plan): rel diff {rel_rmse(main['x'], ref['x']):.2e}; compared with the CPU's calibration"
+            note = (
+                f"own calibration ({'same' if same else 'different'} plan): "
+                f"rel diff {rel_rmse(main['x'], ref['x']):.2e}; compared with the CPU's calibration"
+            )
             with strict_fp32():
                 again = guarded(
                     self,
@@ -188,7 +192,10 @@ def close(a: Any, b: Any, rel: float = 1e-6) -> bool:
 
 
 def error_text(exc: BaseException) -> str:
-    """The exception and where it was raised (the last three frames inside diffinv or this script, innermost first)."""
+    """The exception and where it was raised.
+
+    The last three frames inside diffinv or this script, innermost first.
+    """
     frames = [
         f
         for f in traceback.extract_tb(exc.__traceback__)
@@ -253,7 +260,10 @@ def solver_options(ctx: Context, name: str, D: NetworkDenoiser | None) -> dict[s
 
 
 def fitted(name: str, solver: Any, grid: Tensor) -> dict[str, Any]:
-    """The calibrated parameters of S3 / DC-Solver / fitted_lms as options that reuse them (empty for other solvers)."""
+    """The calibrated parameters of S3 / DC-Solver / fitted_lms as options that reuse them.
+
+    Empty for other solvers.
+    """
     times = [float(t) for t in grid]
     if name == "s3":
         return {
@@ -269,7 +279,10 @@ def fitted(name: str, solver: Any, grid: Tensor) -> dict[str, Any]:
 def run_solver(
     ctx: Context, name: str, device: str, x_T: Tensor, grid: Tensor, **extra: Any
 ) -> dict[str, Any]:
-    """One unconditional sampling run of solver ``name`` on ``device``: samples (on the CPU), timings, fitted plan."""
+    """One unconditional sampling run of solver ``name`` on ``device``.
+
+    Returns the samples (on the CPU), timings and fitted plan.
+    """
     D = prior(ctx, device)
     solver = make_solver(name, D.schedule, **{**solver_options(ctx, name, D), **extra})
     noise = PerSampleNoise(range(x_T.shape[0]), device)
@@ -298,7 +311,8 @@ def check_solvers(ctx: Context) -> list[dict[str, Any]]:
         sch.sigma(grid[0])
     )
     print(
-        f"\n== part 1: {len(BUILTINS['solver'])} solvers, batch {sz.batch}, {sz.steps} logsnr steps on {ctx.device} (strict float32)"
+        f"\n== part 1: {len(BUILTINS['solver'])} solvers, batch {sz.batch}, {sz.steps} logsnr steps "
+        f"on {ctx.device} (strict float32)"
         f"{' and cpu' if ctx.compare else ''}{', and on the device with TF32' if ctx.tf32 else ''}",
         flush=True,
     )
@@ -339,18 +353,21 @@ def check_solvers(ctx: Context) -> list[dict[str, Any]]:
             if not row["tf32_rel_rmse_diff"] <= REL_TOL:
                 ctx.warn(
                     f"solver {name}",
-                    f"with TF32 (PyTorch's default for convolutions) {ctx.device} vs cpu relative RMSE difference {row['tf32_rel_rmse_diff']:.3e} > {REL_TOL:g}",
+                    f"with TF32 (PyTorch's default for convolutions) {ctx.device} vs cpu relative RMSE "
+                    f"difference {row['tf32_rel_rmse_diff']:.3e} > {REL_TOL:g}",
                 )
         row["status"] = status
         rows.append(row)
         cmp = (
-            f"  cpu {row['cpu_ms_per_step']:7.2f} ms/step  max|Δ| {row['max_abs_diff']:.2e}  rel {row['rel_rmse_diff']:.2e}"
+            f"  cpu {row['cpu_ms_per_step']:7.2f} ms/step  max|Δ| {row['max_abs_diff']:.2e}  "
+            f"rel {row['rel_rmse_diff']:.2e}"
             if ctx.compare
             else ""
         )
         cmp += f"  tf32 rel {row['tf32_rel_rmse_diff']:.2e}" if ctx.tf32 else ""
         print(
-            f"  {name:<10} nfe {row['nfe']!s:>3}  finite {row['finite']!s:<5} {row['ms_per_step']:7.2f} ms/step  prepare {row['prepare_s']:6.2f} s{cmp}  {status}"
+            f"  {name:<10} nfe {row['nfe']!s:>3}  finite {row['finite']!s:<5} "
+            f"{row['ms_per_step']:7.2f} ms/step  prepare {row['prepare_s']:6.2f} s{cmp}  {status}"
             + (f"  [{note}]" if note else ""),
             flush=True,
         )
@@ -359,7 +376,8 @@ def check_solvers(ctx: Context) -> list[dict[str, Any]]:
 
 # -- part 2 ---------------------------------------------------------------------------
 def demo_case(ctx: Context) -> tuple[MRICase, float, str, dict[str, dict[str, Any]]]:
-    """The first slice of eval.zarr, the centre fraction, the mask kind and the demo methods' guidance options."""
+    """The first slice of eval.zarr, the centre fraction, the mask kind and the demo methods' guidance
+    options."""
     cfg = load_config(ctx.args.config)
     mri = cfg["mri"]
     center = float(mri["data"]["center_fraction"])
@@ -406,7 +424,8 @@ def check_guidance(ctx: Context) -> list[dict[str, Any]]:
         for s in sorted(BUILTINS["search"])
     ]
     print(
-        f"\n== part 2: {len(methods)} methods on {case.label}, 4x {mask_kind}, {sz.samples} samples, {sz.steps} steps on {ctx.device} (strict float32)"
+        f"\n== part 2: {len(methods)} methods on {case.label}, 4x {mask_kind}, {sz.samples} samples, "
+        f"{sz.steps} steps on {ctx.device} (strict float32)"
         f"{' and cpu' if ctx.compare else ''}{', and on the device with TF32' if ctx.tf32 else ''}",
         flush=True,
     )
@@ -456,7 +475,8 @@ def check_guidance(ctx: Context) -> list[dict[str, Any]]:
                     status = "FAIL"
                     ctx.fail(
                         name,
-                        f"PSNR {main['psnr']:.2f} dB on {ctx.device} vs {ref['psnr']:.2f} dB on cpu (> {PSNR_TOL} dB apart)",
+                        f"PSNR {main['psnr']:.2f} dB on {ctx.device} vs {ref['psnr']:.2f} dB on cpu "
+                        f"(> {PSNR_TOL} dB apart)",
                     )
                 else:
                     status = "differs (search)"
@@ -466,18 +486,21 @@ def check_guidance(ctx: Context) -> list[dict[str, Any]]:
             if deterministic and not abs(row["tf32_psnr_diff_db"]) <= PSNR_TOL:
                 ctx.warn(
                     name,
-                    f"with TF32 PSNR {alt['psnr']:.2f} dB on {ctx.device} vs {ref['psnr']:.2f} dB on cpu (> {PSNR_TOL} dB apart)",
+                    f"with TF32 PSNR {alt['psnr']:.2f} dB on {ctx.device} vs {ref['psnr']:.2f} dB on cpu "
+                    f"(> {PSNR_TOL} dB apart)",
                 )
         row["status"] = status
         rows.append(row)
         cmp = (
-            f"  cpu {row['cpu_psnr']:6.2f} dB  Δ {row['psnr_diff_db']:+.3f} dB  mean rel Δ {row['mean_rel_diff']:.2e}  cpu {row['cpu_wall_s']:6.2f} s"
+            f"  cpu {row['cpu_psnr']:6.2f} dB  Δ {row['psnr_diff_db']:+.3f} dB  "
+            f"mean rel Δ {row['mean_rel_diff']:.2e}  cpu {row['cpu_wall_s']:6.2f} s"
             if ctx.compare
             else ""
         )
         cmp += f"  tf32 Δ {row['tf32_psnr_diff_db']:+.3f} dB" if ctx.tf32 else ""
         print(
-            f"  {name:<24} finite {row['finite']!s:<5} PSNR {row['psnr']:6.2f} dB  {row['wall_s']:6.2f} s  nfe {row['nfe']!s:>3}{cmp}  {status}",
+            f"  {name:<24} finite {row['finite']!s:<5} PSNR {row['psnr']:6.2f} dB  {row['wall_s']:6.2f} s  "
+            f"nfe {row['nfe']!s:>3}{cmp}  {status}",
             flush=True,
         )
     return rows
@@ -485,7 +508,10 @@ def check_guidance(ctx: Context) -> list[dict[str, Any]]:
 
 # -- part 3 ---------------------------------------------------------------------------
 def overhead_solvers(ctx: Context) -> dict[str, tuple[str, dict[str, Any]]]:
-    """The benchmark's solver list with small calibrations (S3 and DC-Solver searches are one-offs, excluded from the ratio)."""
+    """The benchmark's solver list with small calibrations.
+
+    S3 and DC-Solver searches are one-offs, excluded from the ratio.
+    """
     out = dict(SOLVERS)
     for name in ("s3", "dc_solver"):
         out[name] = (name, {**SOLVERS[name][1], **solver_options(ctx, name, None)})
@@ -493,11 +519,15 @@ def overhead_solvers(ctx: Context) -> dict[str, tuple[str, dict[str, Any]]]:
 
 
 def check_overhead(ctx: Context) -> list[dict[str, Any]]:
-    """Part 3: whole-run time over bare denoiser calls per solver on the device (``solvers_convergence.overhead``)."""
+    """Part 3: whole-run time over bare denoiser calls per solver on the device.
+
+    See ``solvers_convergence.overhead``.
+    """
     sz, rows = ctx.sizes, []
     D = prior(ctx, ctx.device)
     print(
-        f"\n== part 3: per-step overhead on {ctx.device}, batches {sz.overhead_batches}, {sz.overhead_nfe} NFE, median of {sz.overhead_repeats}",
+        f"\n== part 3: per-step overhead on {ctx.device}, batches {sz.overhead_batches}, "
+        f"{sz.overhead_nfe} NFE, median of {sz.overhead_repeats}",
         flush=True,
     )
     for batch in sz.overhead_batches:
@@ -520,7 +550,10 @@ def check_overhead(ctx: Context) -> list[dict[str, Any]]:
 
 # -- part 4 ---------------------------------------------------------------------------
 def calls_per_second(ctx: Context, device: str, batch: int) -> dict[str, Any]:
-    """Denoiser calls per second at ``batch`` (no grad), timed for at least ``min_time_s`` after two warm-up calls."""
+    """Denoiser calls per second at ``batch`` (no grad).
+
+    Timed for at least ``min_time_s`` after two warm-up calls.
+    """
     D = prior(ctx, device)
     x = torch.randn((batch,) + image_shape(ctx), generator=torch.Generator().manual_seed(0)).to(device)
     t = torch.full((batch,), 0.5, dtype=torch.float64)
@@ -610,7 +643,8 @@ def check_throughput(ctx: Context) -> list[dict[str, Any]]:
             if r:
                 rows.append(r)
                 print(
-                    f"  denoiser {device:<6} batch {batch:>4}: {r['per_s']:9.1f} calls/s  {r['ms_each']:8.2f} ms/call  {r['samples_per_s']:10.0f} samples/s",
+                    f"  denoiser {device:<6} batch {batch:>4}: {r['per_s']:9.1f} calls/s  "
+                    f"{r['ms_each']:8.2f} ms/call  {r['samples_per_s']:10.0f} samples/s",
                     flush=True,
                 )
     r = guarded(ctx, f"training throughput {ctx.device}", lambda: training_rate(ctx, ctx.device))
@@ -688,15 +722,18 @@ def environment(ctx: Context) -> str:
             return "?"
 
     lines = [
-        f"python {sys.version.split()[0]}  torch {torch.__version__}  numpy {np.__version__}  diffusers {ver('diffusers')}  zarr {ver('zarr')}  threads {torch.get_num_threads()}"
+        f"python {sys.version.split()[0]}  torch {torch.__version__}  numpy {np.__version__}  "
+        f"diffusers {ver('diffusers')}  zarr {ver('zarr')}  threads {torch.get_num_threads()}"
     ]
     if torch.cuda.is_available():
         lines.append(
-            f"cuda {torch.version.cuda}  {torch.cuda.get_device_name()}  cudnn {torch.backends.cudnn.version()}  "
+            f"cuda {torch.version.cuda}  {torch.cuda.get_device_name()}  "
+            f"cudnn {torch.backends.cudnn.version()}  "
             f"tf32 conv {torch.backends.cudnn.allow_tf32} matmul {torch.backends.cuda.matmul.allow_tf32}"
         )
     lines.append(
-        f"device {ctx.device}  compared with cpu: {ctx.compare}  prior {ctx.args.prior}  data {ctx.args.data}  sizes {ctx.sizes}"
+        f"device {ctx.device}  compared with cpu: {ctx.compare}  prior {ctx.args.prior}  "
+        f"data {ctx.args.data}  sizes {ctx.sizes}"
     )
     return "\n".join(lines)
 
@@ -755,7 +792,8 @@ def main() -> int:
             )
 
     print(
-        f"\n==== summary ({device}{' vs cpu' if ctx.compare else ''}, {time.perf_counter() - start:.0f} s) ===="
+        f"\n==== summary ({device}{' vs cpu' if ctx.compare else ''}, "
+        f"{time.perf_counter() - start:.0f} s) ===="
     )
     for key, rows in ctx.tables.items():
         print_table(key, rows, SUMMARY[key])

@@ -98,7 +98,8 @@ def main() -> None:
                 print(rows[-1], flush=True)
     write_csv(OUT / "dts_tilted.csv", rows)
     print(
-        f"tilted target mean reward {float(reward(target.sample(200_000, torch.Generator().manual_seed(7))).mean()):.3f}"
+        "tilted target mean reward "
+        f"{float(reward(target.sample(200_000, torch.Generator().manual_seed(7))).mean()):.3f}"
     )
 
 

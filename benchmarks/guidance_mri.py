@@ -57,7 +57,8 @@ def main() -> None:
     prior_dir, data = args.root / "results/mri/demo/prior", args.root / "results/mri/demo/data/eval.zarr"
     if not (prior_dir.is_dir() and data.exists()):
         print(
-            f"skipped: the demo prior ({prior_dir}) or eval store ({data}) is absent; run the demo pipeline first"
+            f"skipped: the demo prior ({prior_dir}) or eval store ({data}) is absent; "
+            "run the demo pipeline first"
         )
         return
     torch.set_num_threads(1)

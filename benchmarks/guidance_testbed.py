@@ -86,27 +86,42 @@ def posterior_table(quick: bool) -> list[dict]:
         configs = [
             (
                 f"ddim-{n}" if s == "ddim" else f"{s}-{n}",
-                lambda n=n, s=s, g=g, so=so, st=st: guided(problem, n, s, g, so, runs, st),
+                lambda n=n, s=s, g=g, so=so, st=st, problem=problem: guided(problem, n, s, g, so, runs, st),
             )
             for n, s, g, so in GUIDED
             for st in ((20, 100) if not quick else (50,))
         ]
         configs += [
-            (f"ddpm-none-mcgdiff-N{p}", lambda p=p: searched(problem, "mcgdiff", {"particles": p}, runs, 100))
+            (
+                f"ddpm-none-mcgdiff-N{p}",
+                lambda p=p, problem=problem: searched(problem, "mcgdiff", {"particles": p}, runs, 100),
+            )
             for p in particles
         ]
         configs += [
-            (f"ddpm-none-smc-N{p}", lambda p=p: searched(problem, "smc", {"particles": p}, runs, 100))
+            (
+                f"ddpm-none-smc-N{p}",
+                lambda p=p, problem=problem: searched(problem, "smc", {"particles": p}, runs, 100),
+            )
             for p in particles
         ]
         configs += [
             (
                 "ddpm-none-svdd-M8",
-                lambda: searched(problem, "svdd", {"candidates": 8, "alpha": 1.0}, runs, 50),
+                lambda problem=problem: searched(problem, "svdd", {"candidates": 8, "alpha": 1.0}, runs, 50),
             ),
-            ("ddpm-none-best_of_n-8", lambda: searched(problem, "best_of_n", {"n": 8}, runs, 50)),
-            ("ddpm-none-rbf-400", lambda: searched(problem, "rbf", {"budget": 400}, runs, 50)),
-            ("ddpm-none-minority", lambda: searched(problem, "minority", {"weight": 0.5}, runs, 50)),
+            (
+                "ddpm-none-best_of_n-8",
+                lambda problem=problem: searched(problem, "best_of_n", {"n": 8}, runs, 50),
+            ),
+            (
+                "ddpm-none-rbf-400",
+                lambda problem=problem: searched(problem, "rbf", {"budget": 400}, runs, 50),
+            ),
+            (
+                "ddpm-none-minority",
+                lambda problem=problem: searched(problem, "minority", {"weight": 0.5}, runs, 50),
+            ),
         ]
         seen = set()
         for label, run in configs:
@@ -130,7 +145,8 @@ def posterior_table(quick: bool) -> list[dict]:
                 )
             )
             print(
-                f"d={dim:<3} {key:<28} NFE/sample {float(nfe):8.1f}  SW2 {sw:7.3f}  floor {floor:.3f}  ({rows[-1]['seconds']} s)",
+                f"d={dim:<3} {key:<28} NFE/sample {float(nfe):8.1f}  SW2 {sw:7.3f}  floor {floor:.3f}  "
+                f"({rows[-1]['seconds']} s)",
                 flush=True,
             )
     return rows

@@ -107,11 +107,15 @@ def main() -> None:
                     }
                 )
     write_csv(OUT, rows)
-    header = f"{'source':<6} {'input':<14} {'x':>3} {'MB':>7} {'s':>7} {'MB/s':>7} {'RSS base':>9} {'RSS peak':>9} {'delta':>7}"
+    header = (
+        f"{'source':<6} {'input':<14} {'x':>3} {'MB':>7} {'s':>7} {'MB/s':>7} "
+        f"{'RSS base':>9} {'RSS peak':>9} {'delta':>7}"
+    )
     print(header)
     for r in rows:
         print(
-            f"{r['source']:<6} {r['input']:<14} {r['replicas']:>3} {r['input_mb']:>7} {r['seconds']:>7} {r['mb_per_s']:>7} {r['rss_baseline_mb']:>9} {r['rss_peak_mb']:>9} {r['rss_delta_mb']:>7}"
+            f"{r['source']:<6} {r['input']:<14} {r['replicas']:>3} {r['input_mb']:>7} {r['seconds']:>7} "
+            f"{r['mb_per_s']:>7} {r['rss_baseline_mb']:>9} {r['rss_peak_mb']:>9} {r['rss_delta_mb']:>7}"
         )
     print(f"wrote {OUT}")
 

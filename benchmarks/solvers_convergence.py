@@ -89,7 +89,8 @@ def gmm_posterior(
 
 
 def mri_setting(prior_dir: Path, data: Path, device: str) -> tuple[Denoiser, Denoiser, tuple[int, ...]]:
-    """The trained prior and its DDS-guided posterior on the first demo slice at 4x acceleration, on ``device``."""
+    """The trained prior and its DDS-guided posterior on the first demo slice at 4x acceleration, on
+    ``device``."""
     from diffinv.diffusion.networks import load_denoiser
     from diffinv.guidance import make_guidance
     from diffinv.operators.mri import MRIOperator, sampling_mask
@@ -166,8 +167,10 @@ def run_setting(
                     continue
                 solver = make_solver(registry, sch, **options)
                 steps = max(1, nfe // solver.nfe_per_step)
-                g, t_prep = timed(lambda: solver.prepare(D, sch.grid(steps, "logsnr"), x_t))
-                out, t_run = timed(lambda: integrate(solver, D, x_t, g))
+                g, t_prep = timed(
+                    lambda solver=solver, steps=steps: solver.prepare(D, sch.grid(steps, "logsnr"), x_t)
+                )
+                out, t_run = timed(lambda solver=solver, g=g: integrate(solver, D, x_t, g))
                 err = float((out - ref).pow(2).mean().sqrt())
                 rows.append(
                     dict(
@@ -184,7 +187,8 @@ def run_setting(
                     )
                 )
                 print(
-                    f"{label:<16} {name:<14} nfe {steps * solver.nfe_per_step:>3}  rmse {err:.3e}  {t_run / steps * 1e3:.1f} ms/step",
+                    f"{label:<16} {name:<14} nfe {steps * solver.nfe_per_step:>3}  rmse {err:.3e}  "
+                    f"{t_run / steps * 1e3:.1f} ms/step",
                     flush=True,
                 )
 
@@ -202,8 +206,9 @@ def overhead(
     bare calls of ``D`` are timed alternately ``repeats`` times and the medians compared, so
     load from other processes hits both alike (single timings on a shared CPU swung 0.6-9x).
     Calibration and searches in ``prepare`` are excluded: they are one-offs, cached per
-    configuration (their time is reported as ``prepare_s``; 8 calibration draws here). T-Stitch runs with ``D`` as
-    both models here, so its figure is the switch's overhead, not the small model's saving.
+    configuration (their time is reported as ``prepare_s``; 8 calibration draws here). T-Stitch
+    runs with ``D`` as both models here, so its figure is the switch's overhead, not the small
+    model's saving.
     ``solvers`` (default :data:`SOLVERS`) maps names to (registry name, options); ``D`` and
     ``x_t`` may live on any device (timings synchronise CUDA).
     """
@@ -216,13 +221,17 @@ def overhead(
                 registry, sch, **({**options, "calibration_size": 8} if registry in CALIBRATED else options)
             )
             n = max(1, steps // solver.nfe_per_step)
-            grid, t_prep = timed(lambda: solver.prepare(D, sch.grid(n, "logsnr"), x_t))
+            grid, t_prep = timed(lambda solver=solver, n=n: solver.prepare(D, sch.grid(n, "logsnr"), x_t))
             calls = n * solver.nfe_per_step
             t_run, t_bare = [], []
             for _ in range(repeats):
-                t_run.append(timed(lambda: integrate(solver, D, x_t, grid))[1])
+                t_run.append(timed(lambda solver=solver, grid=grid: integrate(solver, D, x_t, grid))[1])
                 t_bare.append(
-                    timed(lambda: [D(x_t, grid[i % n].expand(len(x_t))) for i in range(calls)][-1])[1]
+                    timed(
+                        lambda grid=grid, n=n, calls=calls: [
+                            D(x_t, grid[i % n].expand(len(x_t))) for i in range(calls)
+                        ][-1]
+                    )[1]
                 )
             run, bare = sorted(t_run)[repeats // 2], sorted(t_bare)[repeats // 2]
             ratio = run / bare
@@ -238,7 +247,8 @@ def overhead(
                 )
             )
             print(
-                f"timing           {name:<14} {calls} calls: run {run * 1e3:.1f} ms, bare {bare * 1e3:.1f} ms: ratio {ratio:.4f}",
+                f"timing           {name:<14} {calls} calls: run {run * 1e3:.1f} ms, "
+                f"bare {bare * 1e3:.1f} ms: ratio {ratio:.4f}",
                 flush=True,
             )
     return out
@@ -255,7 +265,8 @@ def summarise(rows: list[dict[str, Any]], timing: list[dict[str, Any]]) -> None:
         best = min(at10, key=lambda r: r["rmse"])
         ok = "yes" if ddim50 and best["rmse"] <= ddim50[0] else ("n/a" if not ddim50 else "NO")
         print(
-            f"{label:<17} {best['rmse']:.3e} ({best['solver']:<12})      {ddim50[0] if ddim50 else math.nan:.3e}   {ok}"
+            f"{label:<17} {best['rmse']:.3e} ({best['solver']:<12})      "
+            f"{ddim50[0] if ddim50 else math.nan:.3e}   {ok}"
         )
     if timing:
         print("\nper-step cost / denoiser cost on the MRI prior:")

@@ -34,7 +34,8 @@ def test_missing_input_is_one_line_naming_the_path(tmp_path, capsys):
     [
         (
             {"mri": {"sampling": {"stepz": 3}}},
-            "mri.sampling: Additional properties are not allowed ('stepz' was unexpected) (fix: remove it or use one of:",
+            "mri.sampling: Additional properties are not allowed ('stepz' was unexpected) "
+            "(fix: remove it or use one of:",
         ),
         ({"mri": {"sampling": {"steps": "many"}}}, "mri.sampling.steps: 'many' is not of type 'integer'"),
         ({"device": "tpu"}, "device: 'tpu' does not match"),

@@ -6,7 +6,8 @@ continuous time t_k = t_min + k (t_max − t_min)/999, and diffusers' ``alphas_c
 The model output is the exact data prediction (``prediction_type="sample"``). Convention
 differences set on the diffusers side: ``lower_order_final=False`` (our multistep solvers
 never drop order on the last steps) and ``final_sigmas_type="sigma_min"`` (our grid ends at
-t_min, not at σ = 0; DEIS always ends there); DDIM uses ``set_alpha_to_one=False`` so its last step ends at index 0.
+t_min, not at σ = 0; DEIS always ends there); DDIM uses ``set_alpha_to_one=False`` so its last
+step ends at index 0.
 """
 
 import numpy as np

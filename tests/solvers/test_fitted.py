@@ -112,7 +112,8 @@ def test_fit_with_wrong_shape_is_a_config_error(smooth_gmm, x_start):
     "name,options", [("fitted_lms", {"reference_steps": 200}), ("s3", {"blocks": 2}), ("dc_solver", {})]
 )
 def test_calibrated_solvers_do_not_depend_on_the_batch_size(smooth_gmm, x_start, name, options):
-    """The calibration draws are the solver's own (seeded), so sampling in batches of 3 or all at once agrees."""
+    """The calibration draws are the solver's own (seeded), so sampling in batches of 3 or all at
+    once agrees."""
     s = smooth_gmm.schedule
     x = x_start[:6]
     whole = sample(make_solver(name, s, **options), smooth_gmm, x, s.grid(5))

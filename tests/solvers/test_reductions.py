@@ -83,7 +83,8 @@ def test_tstitch_keeps_guidance(smooth_gmm, x_start):
 
 
 def test_mrs_matches_dpmpp_on_the_equivalent_vp_problem(smooth_gmm, x_start):
-    """x − μ follows a VP process for x0 − μ, so MRS on the MR prior is μ + DPM-Solver++ on the shifted prior."""
+    """x − μ follows a VP process for x0 − μ, so MRS on the MR prior is μ + DPM-Solver++ on the
+    shifted prior."""
     s = smooth_gmm.schedule
     mu = torch.tensor([0.7, -0.4, 0.2], dtype=torch.float64)
     shifted = GaussianMixtureDenoiser(

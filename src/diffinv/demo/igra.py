@@ -119,7 +119,8 @@ def _data_lines(prof: dict[str, np.ndarray], cols: dict[str, Any]) -> list[str]:
     for i, kind in enumerate(prof["kind"]):
         pf, zf, tf = cols["flags"][i]
         lines.append(
-            f"{kind:02d} {cols['etime'][i]:5d} {cols['press'][i]:6d}{pf}{cols['gph'][i]:5d}{zf}{cols['temp'][i]:5d}{tf}"
+            f"{kind:02d} {cols['etime'][i]:5d} {cols['press'][i]:6d}{pf}{cols['gph'][i]:5d}{zf}"
+            f"{cols['temp'][i]:5d}{tf}"
             f"{cols['rh'][i]:5d} {cols['dpdp'][i]:5d} {cols['wdir'][i]:5d} {cols['wspd'][i]:5d} "
         )
     return lines
@@ -154,7 +155,8 @@ def _header(station: str, when: np.datetime64, numlev: int, lat: float, lon: flo
     stamp = when.astype("datetime64[m]").item()
     release = (when - np.timedelta64(45, "m")).astype("datetime64[m]").item()
     return (
-        f"#{station:<11s} {stamp.year:4d} {stamp.month:02d} {stamp.day:02d} {stamp.hour:02d} {release.hour:02d}{release.minute:02d} "
+        f"#{station:<11s} {stamp.year:4d} {stamp.month:02d} {stamp.day:02d} {stamp.hour:02d} "
+        f"{release.hour:02d}{release.minute:02d} "
         f"{numlev:4d} {'ncdc-gts':<8s} {'':<8s} {round(lat * 1e4):7d} {round(lon * 1e4):8d}"
     )
 

@@ -86,7 +86,10 @@ def unobserved_step(
 
 
 class DDRMSolver(Solver):
-    """DDRM's spectral kernel (solver ``ddrm``): the full method with guidance ``ddrm``, else its unconditional step."""
+    """DDRM's spectral kernel (solver ``ddrm``).
+
+    The full method with guidance ``ddrm``, else its unconditional step.
+    """
 
     cite = "Kawar et al. 2022, DDRM Eq. 7-8"
     stochastic = True

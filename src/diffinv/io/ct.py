@@ -47,7 +47,10 @@ from diffinv.io.store import provenance, set_provenance, write_zarr_blocks
 
 OPTIONS = {
     "layout": "auto (default), lodopab, intensity or nexus",
-    "flat": "flat field for intensity inputs: TIFF/HDF5 file, number or 'edges' (default: the file's own, else edges)",
+    "flat": (
+        "flat field for intensity inputs: TIFF/HDF5 file, number or 'edges' "
+        "(default: the file's own, else edges)"
+    ),
     "dark": "dark field for intensity inputs: TIFF/HDF5 file or number (default: the file's own, else 0)",
     "open_beam_width": "detector pixels at each edge used by flat=edges (default 10)",
     "min_transmission": "transmission clipped below at this value before -log (default 1e-4)",
@@ -156,7 +159,8 @@ def detect_layout(path: Path) -> str:
                 return "lodopab"
         raise InputError(
             path,
-            f"unknown layout: root holds {sorted(f.keys())}, not a LoDoPaB 'data' stack, intensity 'data'/'flat'/'dark' or a NeXus entry",
+            f"unknown layout: root holds {sorted(f.keys())}, not a LoDoPaB 'data' stack, "
+            "intensity 'data'/'flat'/'dark' or a NeXus entry",
             "pass a supported file or set layout=",
         )
 
@@ -361,7 +365,8 @@ def _nexus_paths(f: h5py.File, path: Path, options: dict[str, Any]) -> tuple[str
     if data is None or data not in datasets:
         raise InputError(
             path,
-            f"unknown layout: no 3D frame stack with a matching image_key (stacks {sorted(stacks)}, image keys {sorted(keys)})",
+            "unknown layout: no 3D frame stack with a matching image_key "
+            f"(stacks {sorted(stacks)}, image keys {sorted(keys)})",
             "set data_path= and image_key_path=",
         )
     frames = datasets[data].shape[0]
@@ -471,7 +476,9 @@ def _dataset(scan: Scan, sino: np.ndarray, truth: np.ndarray | None) -> xr.Datas
             ),
         },
         attrs={
-            "layout": "(projection, angle, detector): projection indexes sinograms (samples or detector rows)",
+            "layout": (
+                "(projection, angle, detector): projection indexes sinograms (samples or detector rows)"
+            ),
             "source_layout": scan.layout,
             **scan.attrs,
         },

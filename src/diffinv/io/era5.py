@@ -49,7 +49,9 @@ OPTIONS = {
     "lon": "[west, east] longitude box in degrees, either convention",
     "lon_convention": "longitudes of the output: -180..180 (default) or 0..360",
     "time_chunk": "time steps converted and written per chunk (default: about 64 MB per chunk)",
-    "grib_filter": "cfgrib filter_by_keys for GRIB files that mix level types, e.g. {typeOfLevel: isobaricInhPa}",
+    "grib_filter": (
+        "cfgrib filter_by_keys for GRIB files that mix level types, e.g. {typeOfLevel: isobaricInhPa}"
+    ),
     "climatology_year": "nominal year for files with a month axis instead of time (default 2000)",
 }
 

@@ -192,7 +192,8 @@ def iter_files(files: Sequence[Path], kspace_crop: Sequence[int] | None) -> Iter
         elif ds["kspace"].shape[1:] != first["kspace"].shape[1:] or ("target" in ds) != ("target" in first):
             raise InputError(
                 path,
-                f"k-space (coil, readout, phase) {ds['kspace'].shape[1:]} or target presence differs from {files[0].name}",
+                f"k-space (coil, readout, phase) {ds['kspace'].shape[1:]} or target presence differs "
+                f"from {files[0].name}",
                 "ingest files of one shape and kind per store, or set kspace_crop",
             )
         yield ds

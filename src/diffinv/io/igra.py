@@ -307,7 +307,8 @@ def _int_field(path: Path, number: int, line: bytes, col: Column) -> int:
     except ValueError:
         raise InputError(
             f"{path}, line {number}",
-            f"columns {col.start}-{col.stop} ({col.name}) hold {text.decode(errors='replace')!r}, not an integer",
+            f"columns {col.start}-{col.stop} ({col.name}) hold {text.decode(errors='replace')!r}, "
+            "not an integer",
             "pass unmodified IGRA v2 files",
         ) from None
 
@@ -507,7 +508,10 @@ def _block(
 
 
 def read_station_list(path: str | Path) -> dict[str, tuple[float, float]]:
-    """Station coordinates ``{id: (lat, lon)}`` from ``igra2-station-list.txt`` (ID 1-11, LAT 13-20, LON 22-30)."""
+    """Station coordinates ``{id: (lat, lon)}`` from ``igra2-station-list.txt``.
+
+    Columns: ID 1-11, LAT 13-20, LON 22-30.
+    """
     path = Path(path)
     out: dict[str, tuple[float, float]] = {}
     with open(path, encoding="ascii", errors="replace") as fh:

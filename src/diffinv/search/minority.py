@@ -15,7 +15,8 @@ from diffinv.solvers.base import PerSampleNoise, Solver, sample
 
 
 def minority_score(D: Denoiser, x0: Tensor, t: float = 0.06, draws: int = 5, seed: int = 0) -> Tensor:
-    """l(x0) = mean_j ‖x0 − D(α_t x0 + σ_t ε_j, t)‖² / dim: Tweedie reconstruction loss, high off the data mode.
+    """l(x0) = mean_j ‖x0 − D(α_t x0 + σ_t ε_j, t)‖² / dim: Tweedie reconstruction loss, high off the
+    data mode.
 
     Um et al. 2024 (ICLR), Eq. 6, with the squared error in place of LPIPS (t = 60/1000,
     5 draws as in the paper). Noise draws are fixed by ``seed`` and shared by every row, so the

@@ -25,7 +25,10 @@ def data_consistency(operator: LinearOperator, y: Tensor, noise_std: float | Non
 
 
 def load_reward(spec: str | Reward | None, operator: LinearOperator | None, y: Tensor | None) -> Reward:
-    """A reward from a callable, ``"data_consistency"`` (the default when an observation is given) or ``"module:function"``."""
+    """A reward from a callable, ``"data_consistency"`` or ``"module:function"``.
+
+    ``"data_consistency"`` is the default when an observation is given.
+    """
     if callable(spec):
         return spec
     if spec is None or spec == "data_consistency":

@@ -48,7 +48,10 @@ class DEIS(Solver):
         return torch.exp(-lam) if self.basis == "rho" else -lam
 
     def coefficients_ab(self, lams: tuple[float, ...], lam_t: float) -> list[float]:
-        """∫_{λ_s}^{λ_t} L_j(u(λ)) (−e^{−λ}) dλ for the newest-first nodes ``lams`` (λ_s = lams[0]), memoised."""
+        """∫_{λ_s}^{λ_t} L_j(u(λ)) (−e^{−λ}) dλ for the newest-first nodes ``lams``.
+
+        λ_s = lams[0]; memoised.
+        """
         memo = self.__dict__.setdefault("_ab_memo", {})
         if (lams, lam_t) not in memo:
             memo[lams, lam_t] = self._integrate_basis(lams, lam_t)

@@ -12,8 +12,9 @@ from diffinv.solvers.base import FunctionDenoiser, State, WrappedSolver
 
 
 class DualFast(WrappedSolver):
-    """DualFast: D̃ = D + c_t (D − D_ref), D_ref the first (noisiest) prediction, c_t = c (t − t_min)/(t_max − t_min).
+    """DualFast: D̃ = D + c_t (D − D_ref), c_t = c (t − t_min)/(t_max − t_min).
 
+    D_ref is the first (noisiest) prediction.
     Yu et al. 2025 (arXiv 2506.13058), §4: the network's approximation error is smaller at
     high noise, so the prediction is pushed away from the high-noise prediction by a
     strength that decays to 0 at the end. The exact update was not retrieved (samplers.md

@@ -56,7 +56,10 @@ class TimeShift(WrappedSolver):
         return self.tables[key]
 
     def shifted_index(self, x: Tensor, t: float) -> Tensor:
-        """Per-particle index into the time grid of t_s, for particles ``x`` at time ``t`` (on their device)."""
+        """Per-particle index into the time grid of t_s, for particles ``x`` at time ``t``.
+
+        The index lives on the particles' device.
+        """
         _, noise_var, _, _ = self.table(x.device)
         var = x.reshape(x.shape[0], -1).to(torch.float64).var(dim=1, unbiased=False)
         lo = int(torch.searchsorted(self.taus, torch.tensor(t - self.window, dtype=torch.float64)))
