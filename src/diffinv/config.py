@@ -15,6 +15,7 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 
 from diffinv.errors import ConfigError
+from diffinv.plugins import GROUPS, check_options
 
 
 def schema() -> dict[str, Any]:
@@ -61,7 +62,29 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
         err = errors[0]
         where = ".".join(str(p) for p in err.path) or "(top level)"
         raise ConfigError(f"{source}: {where}: {err.message} (fix: {_fix_for(err)})")
+    _check_methods(cfg, source)
     return cfg
+
+
+def _check_methods(cfg: dict[str, Any], source: str) -> None:
+    """Plug-in names and options of every method, and distinct method names, checked before any job runs."""
+    methods = cfg["mri"]["sampling"]["methods"]
+    entries = [(f"mri.sampling.methods[{i}]", m) for i, m in enumerate(methods)]
+    try:
+        for where, method in entries + [("ads.method", cfg["ads"]["method"])]:
+            for kind in (k for k in GROUPS if method.get(k)):
+                check_options(kind, method[kind], method.get(f"{kind}_options", {}), where)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    first: dict[str, str] = {}
+    for where, method in entries:
+        name = method_name(method)
+        if name in first:
+            raise ConfigError(
+                f"{source}: {where}: method name {name!r} is also that of {first[name]} "
+                "(fix: remove one; methods are named SOLVER-GUIDANCE[-SEARCH], options do not count)"
+            )
+        first[name] = where
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

@@ -1,1 +1,0 @@
-"""The stages: each composes data -> operator -> prior -> guidance -> solver -> outputs."""
