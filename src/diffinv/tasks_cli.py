@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-from diffinv.config import load_config, method_name, resolve_device, validate_config
+from diffinv.config import load_config, resolve_device, validate_config
 from diffinv.errors import ConfigError
 
 
@@ -22,131 +21,44 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
     return load_config(args.config)
 
 
-def _setup(cfg: dict[str, Any]) -> str:
+def _setup(cfg: dict[str, Any], device: str | None) -> str:
+    """Torch threads and the device: runtime settings, not part of any job's config paths."""
     import torch
 
-    torch.set_num_threads(cfg["threads"])
-    return resolve_device(cfg["device"])
+    torch.set_num_threads(cfg.get("threads", 1))
+    return resolve_device(device or "auto")
 
 
-def _method(cfg: dict[str, Any], name: str) -> dict[str, Any]:
-    methods = {method_name(m): m for m in cfg["mri"]["sampling"]["methods"]}
-    if name not in methods:
-        raise ConfigError(
-            f"--method {name!r}: not in mri.sampling.methods (fix: use one of {', '.join(methods)})"
-        )
-    return methods[name]
+def _run_verb(args: argparse.Namespace) -> None:
+    """Run ``diffinv VERB STAGE``: validate, keep the verb's config paths, call the stage."""
+    import importlib
 
+    from diffinv.stages import get_verb, verb_config
 
-def _cmd_train(args: argparse.Namespace) -> None:
-    from diffinv.diffusion.schedule import VPSchedule
-    from diffinv.diffusion.training import TrainConfig, train_prior
-    from diffinv.tasks.mri import training_images
-
-    cfg = _config(args)
-    device = _setup(cfg)
-    mri = cfg["mri"]
-    images = training_images(Path(args.data), mri["data"]["center_fraction"])
-    prior = mri["prior"]
-    network = {"size": list(images.shape[-2:]), "channels": 2, **prior["network"]}
-    train = TrainConfig(**prior["train"], seed=cfg["seed"])
-    info = {
-        "source": str(args.data),
-        "images": int(images.shape[0]),
-        "normalisation": "q99 of the calibration-line image magnitude",
-        "representation": "complex image as (real, imag) channels",
-    }
-    train_prior(
-        images,
-        Path(args.output),
-        network,
-        VPSchedule(**prior["schedule"]),
-        train,
-        prior["clip"],
-        info,
-        device,
-        progress=not args.quiet,
-    )
-    print(f"wrote {args.output}")
-
-
-def _cmd_sample(args: argparse.Namespace) -> None:
-    from diffinv.diffusion.networks import load_denoiser
-    from diffinv.io.store import write_zarr
-    from diffinv.tasks.mri import load_cases, reconstruct
-
-    cfg = _config(args)
-    device = _setup(cfg)
-    mri = cfg["mri"]
-    method = _method(cfg, args.method)
-    prior = load_denoiser(Path(args.prior), device)
-    cases = load_cases(Path(args.data), mri["data"]["center_fraction"], mri["data"]["cases"])
-    start = time.perf_counter()
-    record = {"step": "sample mri", "config": cfg, "data": str(args.data), "prior": str(args.prior)}
-    ds = reconstruct(
-        cases,
-        prior,
-        args.acceleration,
-        method,
-        mri["sampling"],
-        mri["data"]["center_fraction"],
-        cfg["seed"],
-        device,
-        record,
-    )
-    write_zarr(ds, Path(args.output))
-    print(f"wrote {args.output} ({len(cases)} cases, {time.perf_counter() - start:.1f} s)")
-
-
-def _cmd_ads(args: argparse.Namespace) -> None:
-    from diffinv.diffusion.networks import load_denoiser
-    from diffinv.io.store import write_zarr
-    from diffinv.tasks.ads import ads_inputs, run_ads
-
-    cfg = _config(args)
-    device = _setup(cfg)
-    prior = load_denoiser(Path(args.prior), device)
-    cases, train, method, sampling = ads_inputs(cfg, Path(args.data), Path(args.train))
-    record = {
-        "step": "ads",
-        "config": cfg,
-        "data": str(args.data),
-        "train": str(args.train),
-        "prior": str(args.prior),
-    }
-    start = time.perf_counter()
-    ds = run_ads(
-        cases,
-        train,
-        prior,
-        args.acceleration,
-        method,
-        sampling,
-        cfg["ads"],
-        cfg["mri"]["data"]["center_fraction"],
-        cfg["seed"],
-        device,
-        record,
-    )
-    write_zarr(ds, Path(args.output))
-    print(f"wrote {args.output} ({len(cases)} cases, {time.perf_counter() - start:.1f} s)")
+    verb = get_verb(args.stage, args.verb)
+    cfg = verb_config(_config(args), args.stage, args.verb, getattr(args, "method", None))
+    if args.threads is not None:
+        cfg["threads"] = args.threads
+    device = _setup(cfg, args.device)
+    module, _, func = verb.run.partition(":")
+    getattr(importlib.import_module(module), func)(args, cfg, device)
 
 
 def _cmd_ads_evaluate(args: argparse.Namespace) -> None:
-    from diffinv.tasks.evaluate import evaluate_ads
+    from diffinv.stages.evaluate import evaluate_ads
 
     table = evaluate_ads(Path(args.store), Path(args.metrics), Path(args.figures))
     print(table.groupby("strategy")[["psnr", "ssim", "nmse"]].mean().to_string())
 
 
 def _cmd_ads_summarise(args: argparse.Namespace) -> None:
-    from diffinv.tasks.evaluate import summarise_ads
+    from diffinv.stages.evaluate import summarise_ads
 
     print(summarise_ads([Path(m) for m in args.metrics], Path(args.output)).to_string(index=False))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from diffinv.tasks.evaluate import evaluate
+    from diffinv.stages.evaluate import evaluate
 
     table = evaluate(
         [Path(s) for s in args.stores], Path(args.metrics), Path(args.figures) if args.figures else None
@@ -155,47 +67,39 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_summarise(args: argparse.Namespace) -> None:
-    from diffinv.tasks.evaluate import summarise
+    from diffinv.stages.evaluate import summarise
 
     print(summarise([Path(m) for m in args.metrics], Path(args.output)).to_string(index=False))
 
 
-def _add_config(p: argparse.ArgumentParser) -> None:
+def _add_runtime(p: argparse.ArgumentParser) -> None:
+    """Config source, device and threads: the arguments every stage verb shares."""
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--config", help="YAML config file (validated against the schema)")
     g.add_argument("--config-json", help="the config as a JSON object (used by the Snakemake rules)")
+    p.add_argument("--device", help="auto (default: cuda when available), cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: the config's threads)")
 
 
 def add_verbs(verbs: argparse._SubParsersAction) -> None:
     """Register the stage verbs on the ``diffinv`` parser."""
-    p = verbs.add_parser("train", help="train a diffusion prior on an ingested store")
-    p.add_argument("stage", choices=["mri"])
-    p.add_argument("--data", required=True, help="ingested training store (.zarr)")
-    p.add_argument("-o", "--output", required=True, help="checkpoint folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_config(p)
-    p.set_defaults(func=_cmd_train)
+    from diffinv.stages import stages
 
-    p = verbs.add_parser("sample", help="posterior sampling of a stage into posterior.zarr")
-    p.add_argument("stage", choices=["mri"])
-    p.add_argument("--data", required=True, help="ingested store to reconstruct (.zarr)")
-    p.add_argument("--prior", required=True, help="checkpoint folder")
-    p.add_argument("--acceleration", type=int, required=True)
-    p.add_argument("--method", required=True, help="SOLVER-GUIDANCE from the config's methods")
-    p.add_argument("-o", "--output", required=True, help="output posterior.zarr")
-    _add_config(p)
-    p.set_defaults(func=_cmd_sample)
-
-    p = verbs.add_parser(
-        "ads", help="active diffusion subsampling of MRI k-space lines, with fixed-mask baselines"
-    )
-    p.add_argument("--data", required=True, help="ingested store to reconstruct (.zarr)")
-    p.add_argument("--train", required=True, help="ingested training store (for the greedy fixed mask)")
-    p.add_argument("--prior", required=True, help="checkpoint folder")
-    p.add_argument("--acceleration", type=int, required=True)
-    p.add_argument("-o", "--output", required=True, help="output ads.zarr")
-    _add_config(p)
-    p.set_defaults(func=_cmd_ads)
+    registered = stages()
+    for verb, what in (
+        ("train", "train a stage's diffusion prior"),
+        ("sample", "posterior sampling of a stage"),
+    ):
+        p = verbs.add_parser(verb, help=what)
+        sub = p.add_subparsers(dest="stage", required=True, metavar="STAGE")
+        for stage in registered.values():
+            if verb not in stage.verbs:
+                continue
+            v = stage.verbs[verb]
+            sp = sub.add_parser(stage.name, help=v.help, description=f"{stage.description}: {v.help}")
+            v.arguments(sp)
+            _add_runtime(sp)
+            sp.set_defaults(func=_run_verb, verb=verb)
 
     p = verbs.add_parser("ads-evaluate", help="metrics CSV and figures of an ADS store")
     p.add_argument("store")

@@ -13,8 +13,10 @@ from diffinv.diffusion.denoisers import NetworkDenoiser
 from diffinv.diffusion.networks import build_unet
 from diffinv.diffusion.schedule import VPSchedule
 from diffinv.io.fastmri import ingest
-from diffinv.tasks.ads import acquisition_steps, ads_metrics, greedy_mask, line_entropy, run_ads
-from diffinv.tasks.mri import load_cases, reconstruct_case
+from diffinv.stages.ads.acquisition import acquisition_steps, ads_metrics, greedy_mask, line_entropy, run_ads
+from diffinv.stages.core import Method, Sampling
+from diffinv.stages.mri.cases import load_cases
+from diffinv.stages.mri.run import reconstruct_case
 
 
 def test_entropy_ranks_lines_by_particle_spread():
@@ -81,8 +83,8 @@ def test_ads_store_holds_every_strategy_at_one_budget(data):
             "mri": {"sampling": {"steps": 4, "samples": 4, "no_prior_iterations": 5}},
         }
     )
-    sampling = {**cfg["mri"]["sampling"], "samples": 4, "batch_size": 4}
-    method = {"solver": "dpmpp_2m", "guidance": "dds", "solver_options": {}, "guidance_options": {}}
+    sampling = Sampling.from_config(cfg["mri"]["sampling"], samples=4, batch_size=4)
+    method = Method("dpmpp_2m", "dds")
     ds = run_ads(cases[:1], train, prior, 4, method, sampling, cfg["ads"], 0.08, 0, "cpu", {})
     assert list(ds["strategy"].values) == ["ads", "random", "equispaced", "variable_density", "greedy"]
     assert (ds["mask"].values.sum(-1) == 4).all(), "every strategy gets exactly W/R lines"
@@ -119,14 +121,14 @@ def test_ads_reconstruction_modes(data, reconstruction):
             "mri": {"sampling": {"steps": 4, "samples": 4}},
         }
     )
-    sampling = {**cfg["mri"]["sampling"], "samples": 4, "batch_size": 4}
-    method = {"solver": "ddim", "guidance": "dds", "solver_options": {"eta": 1.0}, "guidance_options": {}}
+    sampling = Sampling.from_config(cfg["mri"]["sampling"], samples=4, batch_size=4)
+    method = Method("ddim", "dds", solver_options={"eta": 1.0})
     ds = run_ads(cases[:1], train, prior, 4, method, sampling, cfg["ads"], 0.08, 0, "cpu", {})
     mask = torch.as_tensor(ds["mask"].values[0, 0])
-    again = reconstruct_case(cases[0], 0, prior, 4, method, sampling, 0.08, 0, "cpu", mask=mask)
+    again = reconstruct_case(cases[0], prior, mask, method, sampling, 0, "cpu")
     same = np.allclose(
         ds["samples"].values[0, 0],
-        (channels_to_complex(again["samples"]) * cases[0].scale).numpy(),
+        (channels_to_complex(again.samples) * cases[0].scale).numpy(),
         atol=1e-5,
     )
     assert same == (reconstruction == "resample")

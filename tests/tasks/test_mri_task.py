@@ -12,7 +12,9 @@ from diffinv.diffusion.schedule import VPSchedule
 from diffinv.io.fastmri import ingest
 from diffinv.io.store import get_provenance
 from diffinv.operators.mri import MRIOperator, sampling_mask
-from diffinv.tasks.mri import load_cases, no_prior_reconstruction, reconstruct, training_images
+from diffinv.stages.core import Method
+from diffinv.stages.mri.cases import load_cases, no_prior_reconstruction, training_images
+from diffinv.stages.mri.run import reconstruct
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,7 @@ def test_cases_are_normalised_with_consistent_truth(store):
 
 def test_posterior_does_not_depend_on_batch_size(store, prior):
     cases = load_cases(store, 0.08)[:1]
-    method = {"solver": "ddpm", "guidance": "dds", "solver_options": {}, "guidance_options": {"cg_steps": 2}}
+    method = Method("ddpm", "dds", guidance_options={"cg_steps": 2})
     runs = [reconstruct(cases, prior, 4, method, _sampling(batch_size=b), 0.08, 7, "cpu", {}) for b in (4, 1)]
     # Same seeds give the same draws; float32 convolutions pick batch-size-dependent
     # kernels, whose rounding (~1e-7) grows to ~5e-5 over a trajectory (measured), far
@@ -67,13 +69,15 @@ def test_posterior_does_not_depend_on_batch_size(store, prior):
 
 def test_output_follows_the_zarr_contract(store, prior):
     cases = load_cases(store, 0.08)
-    method = {"solver": "dpmpp_2m", "guidance": "dds", "solver_options": {}, "guidance_options": {}}
+    method = Method("dpmpp_2m", "dds")
     ds = reconstruct(cases, prior, 4, method, _sampling(), 0.08, 0, "cpu", {"config": {"x": 1}})
     assert ds["samples"].dims == ("case", "sample", "y", "x") and ds["samples"].dtype == np.complex64
     assert ds["std"].shape == (2, 16, 16) and (ds["std"].values >= 0).all()
     assert ds["mask"].values.sum(1).tolist() == [4, 4], "exactly W / R lines"
     prov = get_provenance(ds)
-    assert prov["nfe_per_sample"] == 3 and prov["seed"] == 0 and prov["config"] == {"x": 1}
+    assert (ds["nfe"].values == 3).all() and (ds["calibration_nfe"].values == 0).all()
+    assert prov["seed"] == 0 and prov["config"] == {"x": 1}
+    assert prov["dtype"] == "float32" and prov["precision"] == "fp32"
     # Final data consistency reaches the least-squares floor: estimated coil maps and
     # noise leave y slightly outside the range of A, so the floor is not zero.
     for i, case in enumerate(cases):
@@ -97,3 +101,59 @@ def test_no_prior_baseline_is_consistent_and_constrained(store):
     assert float(x.abs().max()) <= 0.8 + 1e-6
     zf = op.A_adjoint(y)
     assert float(op.residual(x, y)) < float(op.residual(zf.clamp(-0.8, 0.8), y))
+
+
+def test_a_slice_keeps_its_mask_and_samples_when_inputs_are_reordered_or_subset(store, prior):
+    """Seeds come from the case's identity (file:slice), never from its position."""
+    cases = load_cases(store, 0.08)
+    method = Method("ddim", "dds", solver_options={"eta": 1.0})
+    both = reconstruct(cases, prior, 4, method, _sampling(mask={"kind": "random"}), 0.08, 3, "cpu", {})
+    last = reconstruct(cases[1:], prior, 4, method, _sampling(mask={"kind": "random"}), 0.08, 3, "cpu", {})
+    flipped = reconstruct(
+        cases[::-1], prior, 4, method, _sampling(mask={"kind": "random"}), 0.08, 3, "cpu", {}
+    )
+    label = cases[1].label
+    for other in (last, flipped):
+        np.testing.assert_array_equal(
+            other["mask"].sel(case=label).values, both["mask"].sel(case=label).values
+        )
+        np.testing.assert_allclose(
+            other["samples"].sel(case=label).values, both["samples"].sel(case=label).values, atol=1e-5
+        )
+    assert not np.array_equal(both["mask"].values[0], both["mask"].values[1]), "cases get their own masks"
+
+
+def test_no_prior_baseline_does_not_depend_on_the_method(store, prior):
+    cases = load_cases(store, 0.08)[:1]
+    runs = [
+        reconstruct(
+            cases,
+            prior,
+            4,
+            Method("ddim", "dds", guidance_options={"cg_steps": k}),
+            _sampling(),
+            0.08,
+            0,
+            "cpu",
+            {},
+        )
+        for k in (1, 8)
+    ]
+    np.testing.assert_array_equal(runs[0]["no_prior"].values, runs[1]["no_prior"].values)
+    np.testing.assert_array_equal(runs[0]["zero_filled"].values, runs[1]["zero_filled"].values)
+
+
+def test_samples_stream_to_the_store_in_blocks(store, prior, tmp_path):
+    from diffinv.io.store import open_zarr, write_zarr_blocks
+    from diffinv.stages.mri.run import reconstruct_blocks
+
+    cases = load_cases(store, 0.08)
+    method = Method("ddim", "dds")
+    blocks = reconstruct_blocks(cases, prior, 4, method, _sampling(case_block=1), 0.08, 0, "cpu", {})
+    first = next(blocks)
+    assert first.sizes["case"] == 1, "one case in memory at a time"
+    write_zarr_blocks([first, *blocks], tmp_path / "p.zarr", "case")
+    whole = reconstruct(cases, prior, 4, method, _sampling(case_block=8), 0.08, 0, "cpu", {})
+    streamed = open_zarr(tmp_path / "p.zarr")
+    np.testing.assert_array_equal(streamed["samples"].values, whole["samples"].values)
+    assert list(streamed["case"].values) == [c.label for c in cases]

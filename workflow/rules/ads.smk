@@ -17,11 +17,12 @@ rule ads_mri:
         gpu=1,
     params:
         cli=DIFFINV,
-        config=config_json,
+        config=job_config("ads", "sample"),
     shell:
-        "OMP_NUM_THREADS={threads} {params.cli} ads --data {input.data} "
+        "OMP_NUM_THREADS={threads} {params.cli} sample ads --data {input.data} "
         "--train {input.train} --prior {input.prior} --acceleration {wildcards.acc} "
-        "-o {output} --config-json {params.config} > {log} 2>&1"
+        "-o {output} --config-json {params.config} "
+        "--device {DEVICE} --threads {threads} > {log} 2>&1"
 
 
 rule ads_evaluate:

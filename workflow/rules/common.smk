@@ -5,6 +5,7 @@ import sys
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from diffinv.config import method_name, validate_config  # noqa: E402
+from diffinv.stages import verb_config  # noqa: E402
 
 config.update(validate_config(config, "config (config/config.yaml + --config)"))
 
@@ -19,9 +20,16 @@ MRI_ACCELERATIONS = MRI["sampling"]["accelerations"]
 ADS_ACCELERATIONS = config["ads"]["accelerations"]
 
 
-def config_json(wildcards):
-    """The validated config, shell-quoted, for the CLI's --config-json."""
-    return shlex.quote(json.dumps(config, sort_keys=True))
+def job_config(stage, verb, method=None):
+    """The config paths that stage's verb depends on, shell-quoted, for --config-json.
+
+    A job's params hold only these, so an edit reruns exactly the jobs it affects.
+    """
+    return shlex.quote(json.dumps(verb_config(config, stage, verb, method), sort_keys=True))
+
+
+# Runtime settings: they do not change results, so they stay out of every job's params.
+DEVICE = config["device"]
 
 
 def mri_demo_options(wildcards):

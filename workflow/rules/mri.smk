@@ -53,10 +53,11 @@ rule train_prior_mri:
         gpu=1,
     params:
         cli=DIFFINV,
-        config=config_json,
+        config=job_config("mri", "train"),
     shell:
         "OMP_NUM_THREADS={threads} {params.cli} train mri --data {input} "
-        "-o {output.prior} --config-json {params.config} > {log} 2>&1"
+        "-o {output.prior} --config-json {params.config} "
+        "--device {DEVICE} --threads {threads} > {log} 2>&1"
 
 
 rule sample_mri:
@@ -74,12 +75,12 @@ rule sample_mri:
         gpu=1,
     params:
         cli=DIFFINV,
-        config=config_json,
+        config=lambda wildcards: job_config("mri", "sample", wildcards.method),
     shell:
         "OMP_NUM_THREADS={threads} {params.cli} sample mri --data {input.data} "
         "--prior {input.prior} --acceleration {wildcards.acc} "
         "--method {wildcards.method} -o {output} --config-json {params.config} "
-        "> {log} 2>&1"
+        "--device {DEVICE} --threads {threads} > {log} 2>&1"
 
 
 rule evaluate_mri:

@@ -179,16 +179,19 @@ def integrate(
     x: Tensor,
     grid: Tensor,
     noise: PerSampleNoise | None = None,
-    callback: Callable[[StepInfo], None] | None = None,
+    callback: Callable[[StepInfo], Denoiser | None] | None = None,
 ) -> Tensor:
-    """The step loop of :func:`sample` on a prepared solver."""
+    """The step loop of :func:`sample` on a prepared solver.
+
+    ``callback`` sees every step; a denoiser it returns replaces ``D`` from the next step on.
+    """
     if solver.stochastic and noise is None:
         raise ConfigError(f"solver {type(solver).__name__} is stochastic: pass noise=PerSampleNoise(seeds)")
     state = solver.init_state()
     for i in range(len(grid) - 1):
         x, state = solver.step(D, x, state, grid[i], grid[i + 1], noise)
-        if callback is not None:
-            callback(StepInfo(i, float(grid[i + 1]), x, state.get("x0")))
+        if callback is not None and (new := callback(StepInfo(i, float(grid[i + 1]), x, state.get("x0")))) is not None:
+            D = new  # the callback changed the observation (active acquisition)
     return x
 
 

@@ -121,7 +121,10 @@ def evaluate_ads(store: Path, metrics_csv: Path, figures: Path) -> pd.DataFrame:
                 f"{best_baseline} mean": ds["mean"].sel(strategy=best_baseline).values[c],
             }
             masks = {s: ds["mask"].sel(strategy=s).values[c] for s in strategies}
-            title = f"{case}  ADS {ds.attrs['acceleration']}x ({ds.attrs['lines']} lines)  SSIM ADS {per_case['ads']:.3f} vs {best_baseline} {per_case[best_baseline]:.3f}"
+            title = (
+                f"{case}  ADS {ds.attrs['acceleration']}x ({ds.attrs['lines']} lines)  "
+                f"SSIM ADS {per_case['ads']:.3f} vs {best_baseline} {per_case[best_baseline]:.3f}"
+            )
             plot_ads_case(
                 ds["entropy"].values[c],
                 ds["acquisition_order"].values[c],

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,22 @@ from torch import Tensor
 
 from diffinv.complex import channels_to_complex
 from diffinv.diffusion.denoisers import Denoiser
-from diffinv.guidance import make_guidance
 from diffinv.io.store import provenance, set_provenance
 from diffinv.metrics import image_metrics
 from diffinv.operators.mri import center_mask, fft2c, sampling_mask, variable_density_mask
-from diffinv.solvers import CountingDenoiser, PerSampleNoise, make_solver
-from diffinv.tasks.mri import MRICase, case_operator, case_seed, load_cases, reconstruct_case
+from diffinv.solvers.base import StepInfo
+from diffinv.stages.core import (
+    CaseSamples,
+    CaseSeeds,
+    Method,
+    Problem,
+    Sampling,
+    network_dtype,
+    posterior_variables,
+    sample_case,
+)
+from diffinv.stages.mri.cases import MRICase, case_problem, load_cases
+from diffinv.stages.mri.run import SEED_POLICY, reconstruct_case, to_complex
 
 BASELINES = ("random", "equispaced", "variable_density", "greedy")
 
@@ -85,57 +96,63 @@ def acquisition_steps(steps: int, acquisitions: int, window: Sequence[float]) ->
     return counts
 
 
+@dataclass
+class Acquisition:
+    """What ADS did on one case: samples of the acquisition pass, final mask, order, entropies."""
+
+    result: CaseSamples
+    mask: Tensor  # (W,) bool
+    order: list[int]
+    entropy: np.ndarray  # (acquisitions, W) nat; NaN where already acquired
+
+
 def ads_case(
     case: MRICase,
-    case_index: int,
     prior: Denoiser,
     budget: int,
-    method: dict[str, Any],
-    sampling: dict[str, Any],
+    method: Method,
+    sampling: Sampling,
     ads: dict[str, Any],
     seed: int,
     device: str,
-) -> dict[str, Any]:
-    """ADS for one case: samples (normalised units), final mask, acquisition order, entropies."""
+) -> Acquisition:
+    """ADS for one case on the core sampler: after each step, acquire the planned lines.
+
+    All ``sampling.samples`` particles run jointly (one batch): the entropy of a line is
+    estimated from the particles' data predictions.
+    """
     width = case.kspace.shape[-1]
     mask = center_mask(width, min(case.num_low, budget))
-    grid = prior.schedule.grid(sampling["steps"], sampling["grid"])
-    counts = acquisition_steps(sampling["steps"], budget - int(mask.sum()), ads["window"])
-    n = sampling["samples"]
-    noise = PerSampleNoise([case_seed(seed, case_index, 1 + i) for i in range(n)], device)
-    counter = CountingDenoiser(prior)
-    solver = make_solver(method["solver"], prior.schedule, **method.get("solver_options", {}))
-    x = noise.randn((2,) + tuple(case.kspace.shape[-2:])) * float(prior.schedule.sigma(grid[0]))
-    grid = solver.prepare(counter, grid, x)
-    state = solver.init_state()
+    counts = acquisition_steps(sampling.steps, budget - int(mask.sum()), ads["window"])
     order: list[int] = []
     entropies: list[np.ndarray] = []
     sens = case.sensitivities[None].to(device) if case.sensitivities is not None else None
-    for i in range(sampling["steps"]):
-        op, y = case_operator(case, mask, device)
-        y = y.expand((n,) + tuple(y.shape[1:]))
-        guided = make_guidance(method["guidance"], op, y, **method.get("guidance_options", {}))(counter)
-        with torch.no_grad():
-            x, state = solver.step(guided, x, state, grid[i], grid[i + 1], noise)
-        for _ in range(counts[i]):
-            h = line_entropy(particle_kspace(state["x0"], sens), ads["bandwidth"])
+
+    def acquire(info: StepInfo) -> Problem | None:
+        nonlocal mask
+        if not counts[info.index]:
+            return None
+        for _ in range(counts[info.index]):
+            h = line_entropy(particle_kspace(info.x0, sens), ads["bandwidth"])
             h[mask.to(h.device)] = -torch.inf
             line = int(torch.argmax(h))
             entropies.append(torch.where(torch.isinf(h), torch.nan, h).cpu().numpy())
             order.append(line)
             mask = mask.clone()
             mask[line] = True
-    if sampling["final_dc"] and ads["reconstruction"] == "continue":  # resampling projects its own samples
-        op, y = case_operator(case, mask, device)
-        with torch.no_grad():
-            x = op.project(x, y.expand((n,) + tuple(y.shape[1:])))
-    return {
-        "samples": x.cpu(),
-        "mask": mask.cpu(),
-        "order": order,
-        "entropy": np.array(entropies).reshape(len(order), width),
-        "nfe": counter.nfe,
-    }
+        return case_problem(case, mask, device)
+
+    # resampling projects its own samples: the acquisition pass's are only kept with 'continue'
+    joint = replace(
+        sampling,
+        batch_size=sampling.samples,
+        final_dc=sampling.final_dc and ads["reconstruction"] == "continue",
+    )
+    seeds = CaseSeeds.of(seed, case.label)
+    result = sample_case(
+        case_problem(case, mask, device), prior, method, joint, seeds, device, on_step=acquire
+    )
+    return Acquisition(result, mask.cpu(), order, np.array(entropies).reshape(len(order), width))
 
 
 def greedy_mask(cases: Sequence[MRICase], budget: int, num_low: int) -> Tensor:
@@ -155,8 +172,8 @@ def greedy_mask(cases: Sequence[MRICase], budget: int, num_low: int) -> Tensor:
             trial[line] = True
             score = 0.0
             for case, truth in zip(cases, truths):
-                op, y = case_operator(case, trial, "cpu")
-                estimate = np.abs(channels_to_complex(op.A_adjoint(y)[0]).numpy())
+                problem = case_problem(case, trial, "cpu")
+                estimate = np.abs(channels_to_complex(problem.operator.A_adjoint(problem.y)[0]).numpy())
                 score += float(evaluate.psnr(truth, estimate, maxval=float(truth.max())))
             if score > best_score:
                 best, best_score = line, score
@@ -178,17 +195,16 @@ def baseline_mask(
 
 def ads_inputs(
     cfg: dict[str, Any], data: Path, train: Path, cases: int | None = None
-) -> tuple[list[MRICase], list[MRICase], dict[str, Any], dict[str, Any]]:
+) -> tuple[list[MRICase], list[MRICase], Method, Sampling]:
     """What :func:`run_ads` needs from a validated config: evaluation cases (the first
     ``cases``, default ``ads.cases``), training cases with truth for the greedy mask, the
-    method (options filled in) and the sampling settings with ``ads.particles`` samples."""
+    method and the sampling settings with ``ads.particles`` samples in one batch."""
     mri, ads = cfg["mri"], cfg["ads"]
     fraction = mri["data"]["center_fraction"]
     eval_cases = load_cases(data, fraction, cases or ads["cases"])
     train_cases = [c for c in load_cases(train, fraction, ads["greedy_slices"]) if c.truth is not None]
-    method = {"solver_options": {}, "guidance_options": {}, **ads["method"]}
-    sampling = {**mri["sampling"], "samples": ads["particles"], "batch_size": ads["particles"]}
-    return eval_cases, train_cases, method, sampling
+    sampling = Sampling.from_config(mri["sampling"], samples=ads["particles"], batch_size=ads["particles"])
+    return eval_cases, train_cases, Method.from_config(ads["method"]), sampling
 
 
 def run_ads(
@@ -196,8 +212,8 @@ def run_ads(
     train_cases: Sequence[MRICase],
     prior: Denoiser,
     acceleration: int,
-    method: dict[str, Any],
-    sampling: dict[str, Any],
+    method: Method,
+    sampling: Sampling,
     ads: dict[str, Any],
     center_fraction: float,
     seed: int,
@@ -213,43 +229,32 @@ def run_ads(
     greedy_search_s = time.perf_counter() - start
     strategies = ["ads", *ads["baselines"]]
     samples, masks, orders, entropies, nfes, walls = [], [], [], [], [], []
-    for i, case in enumerate(cases):
+
+    def fixed(case: MRICase, mask: Tensor) -> CaseSamples:
+        return reconstruct_case(case, prior, mask, method, sampling, seed, device)
+
+    for case in cases:
         start = time.perf_counter()
-        run = ads_case(case, i, prior, budget, method, sampling, ads, seed, device)
+        run = ads_case(case, prior, budget, method, sampling, ads, seed, device)
+        result, nfe = run.result, run.result.nfe
         if ads["reconstruction"] == "resample":
-            final = reconstruct_case(
-                case,
-                i,
-                prior,
-                acceleration,
-                method,
-                sampling,
-                center_fraction,
-                seed,
-                device,
-                mask=run["mask"],
-            )
-            run["samples"], run["nfe"] = final["samples"], run["nfe"] + final["nfe"]
-        per, mk, nfe, wall = [run["samples"]], [run["mask"]], [run["nfe"]], [time.perf_counter() - start]
+            result = fixed(case, run.mask)
+            nfe += result.nfe
+        per, mk, nfe_row, wall = [result.samples], [run.mask], [nfe], [time.perf_counter() - start]
+        mask_seed = CaseSeeds.of(seed, case.label).mask % 2**32
         for kind in ads["baselines"]:
             start = time.perf_counter()
-            m = baseline_mask(
-                kind, width, budget, num_low, center_fraction, case_seed(seed, i, 0) % 2**32, greedy
-            )
-            out = reconstruct_case(
-                case, i, prior, acceleration, method, sampling, center_fraction, seed, device, mask=m
-            )
-            per.append(out["samples"])
+            m = baseline_mask(kind, width, budget, num_low, center_fraction, mask_seed, greedy)
+            out = fixed(case, m)
+            per.append(out.samples)
             mk.append(m)
-            nfe.append(out["nfe"])
+            nfe_row.append(out.nfe)
             wall.append(time.perf_counter() - start)
-        samples.append(
-            torch.stack([channels_to_complex(s) * case.scale for s in per]).numpy().astype(np.complex64)
-        )
+        samples.append(np.stack([to_complex(s, case.scale) for s in per]))
         masks.append(torch.stack(mk).numpy())
-        orders.append(run["order"])
-        entropies.append(run["entropy"])
-        nfes.append(nfe)
+        orders.append(run.order)
+        entropies.append(run.entropy)
+        nfes.append(nfe_row)
         walls.append(wall)
     samples_arr = np.stack(samples, axis=1)  # (strategy, case, sample, y, x)
     n_acq = max(len(o) for o in orders)
@@ -258,25 +263,11 @@ def run_ads(
     for i, (o, e) in enumerate(zip(orders, entropies)):
         order_arr[i, : len(o)] = o
         entropy_arr[i, : len(o)] = e
-    magnitude = np.abs(samples_arr)
     dims = ("strategy", "case", "sample", "y", "x")
+    variables: dict[str, Any] = posterior_variables(samples_arr, dims, what="image per sampling strategy")
     ds = xr.Dataset(
         {
-            "samples": (
-                dims,
-                samples_arr,
-                {"long_name": "posterior samples (complex image) per sampling strategy", "units": "a.u."},
-            ),
-            "mean": (
-                dims[:2] + dims[3:],
-                samples_arr.mean(2),
-                {"long_name": "posterior mean (complex)", "units": "a.u."},
-            ),
-            "std": (
-                dims[:2] + dims[3:],
-                magnitude.std(2, ddof=1).astype(np.float32),
-                {"long_name": "posterior std of the magnitude image", "units": "a.u."},
-            ),
+            **variables,
             "mask": (
                 ("strategy", "case", "x"),
                 np.stack(masks, axis=1),
@@ -284,16 +275,19 @@ def run_ads(
             ),
             "nfe": (
                 ("strategy", "case"),
-                np.array(nfes, np.int64).T,
+                np.array(nfes, np.float64).T,
                 {
-                    "long_name": "denoiser evaluations per particle batch (ADS: acquisition pass + final sampling)"
+                    "long_name": "denoiser evaluations per posterior sample "
+                    "(ADS: acquisition pass + final sampling)",
+                    "units": "1",
                 },
             ),
             "wall_time_s": (
                 ("strategy", "case"),
                 np.array(walls, np.float32).T,
                 {
-                    "long_name": "wall time per slice (ADS: line selection + final sampling; greedy mask search excluded)",
+                    "long_name": "wall time per slice "
+                    "(ADS: line selection + final sampling; greedy mask search excluded)",
                     "units": "s",
                 },
             ),
@@ -306,7 +300,8 @@ def run_ads(
                 ("case", "acquisition", "x"),
                 entropy_arr,
                 {
-                    "long_name": "estimated entropy of each candidate column at each acquisition (NaN: already acquired)",
+                    "long_name": "estimated entropy of each candidate column at each acquisition "
+                    "(NaN: already acquired)",
                     "units": "nat",
                 },
             ),
@@ -322,13 +317,13 @@ def run_ads(
     if all(c.truth is not None for c in cases):
         ds["truth"] = (
             ("case", "y", "x"),
-            np.stack([(channels_to_complex(c.truth) * c.scale).numpy() for c in cases]).astype(np.complex64),
+            np.stack([to_complex(c.truth, c.scale) for c in cases]),
             {"long_name": "reference image from fully sampled k-space", "units": "a.u."},
         )
     ds.attrs.update(
         acceleration=acceleration,
         lines=budget,
-        method=f"{method['solver']}-{method['guidance']}",
+        method=method.name,
         reconstruction=ads["reconstruction"],
         greedy_search_s=round(greedy_search_s, 3),
     )
@@ -336,11 +331,14 @@ def run_ads(
         record,
         acceleration=acceleration,
         lines=budget,
-        method=method,
+        method=method.as_dict(),
         ads=ads,
         seed=seed,
+        seeds=SEED_POLICY,
         device=device,
-        nfe_ads_per_case=int(np.mean([n[0] for n in nfes])),
+        dtype=network_dtype(prior),
+        precision=sampling.precision,
+        nfe_unit="denoiser evaluations per posterior sample (variable nfe)",
     )
     return set_provenance(ds, provenance(**record))
 
@@ -362,3 +360,35 @@ def ads_metrics(ds: xr.Dataset) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def sample(args: Any, cfg: dict[str, Any], device: str) -> None:
+    """``diffinv sample ads``: ADS and the fixed-mask baselines at one acceleration into ads.zarr."""
+    from diffinv.diffusion.networks import load_denoiser
+    from diffinv.io.store import write_zarr
+
+    prior = load_denoiser(Path(args.prior), device)
+    cases, train, method, sampling = ads_inputs(cfg, Path(args.data), Path(args.train))
+    record = {
+        "step": "sample ads",
+        "config": cfg,
+        "data": str(args.data),
+        "train": str(args.train),
+        "prior": str(args.prior),
+    }
+    center_fraction = cfg["mri"]["data"]["center_fraction"]
+    ds = run_ads(
+        cases,
+        train,
+        prior,
+        args.acceleration,
+        method,
+        sampling,
+        cfg["ads"],
+        center_fraction,
+        seed=cfg["seed"],
+        device=device,
+        record=record,
+    )
+    write_zarr(ds, Path(args.output))
+    print(f"wrote {args.output} ({len(cases)} cases)")
