@@ -1,24 +1,31 @@
-"""The MRI stage runs a search plug-in by name and records the ESS of population methods."""
+"""The MRI stage runs every guidance and search plug-in by name, with exact NFE and data consistency."""
 
 import pytest
 import torch
 
-from diffinv.config import method_name
 from diffinv.diffusion.denoisers import GaussianMixtureDenoiser
 from diffinv.diffusion.schedule import VPSchedule
 from diffinv.operators.mri import fft2c
-from diffinv.tasks.mri import MRICase, reconstruct, reconstruct_case
+from diffinv.plugins import BUILTINS, load
+from diffinv.stages.core import Method, Sampling
+from diffinv.stages.mri.cases import MRICase
+from diffinv.stages.mri.run import reconstruct, reconstruct_case
 
-SAMPLING = {
+STEPS = 6
+SETTINGS = {
     "mask": {"kind": "random"},
-    "steps": 4,
+    "steps": STEPS,
     "grid": "logsnr",
     "samples": 3,
     "batch_size": 2,
     "hallucination_steps": 2,
     "final_dc": False,
     "no_prior_iterations": 3,
+    "no_prior_cg_steps": 5,
+    "case_block": 8,
 }
+SAMPLING = Sampling.from_config(SETTINGS)
+MASK = torch.tensor([True, False, False, True, True, False, True, False])
 
 
 def _case():
@@ -33,49 +40,28 @@ def _prior():
     return GaussianMixtureDenoiser(VPSchedule(), torch.ones(2), means)
 
 
-@pytest.mark.parametrize(
-    "search,options", [("smc", {"particles": 2}), ("best_of_n", {"n": 2}), ("mcgdiff", {"particles": 2})]
-)
-def test_reconstruct_case_uses_the_search_by_name(search, options):
-    method = {
-        "solver": "ddpm",
-        "guidance": "none" if search == "mcgdiff" else "dds",
-        "search": search,
-        "search_options": options,
-    }
-    out = reconstruct_case(_case(), 0, _prior(), 2, method, SAMPLING, 0.25, 0, "cpu")
-    assert out["samples"].shape == (3, 2, 8, 8) and torch.isfinite(out["samples"]).all()
-    assert (out["ess"] is not None) == (search != "best_of_n")
-    assert method_name(method) == f"ddpm-{method['guidance']}-{search}"
+def _residual(method: Method) -> tuple[float, float]:
+    out = reconstruct_case(_case(), _prior(), MASK, method, SAMPLING, 0, "cpu")
+    assert out.samples.shape == (3, 2, 8, 8) and out.samples.dtype == torch.float32
+    return float(out.relative_residual.mean()), out.nfe
 
 
-def test_population_methods_write_ess_and_the_default_path_does_not():
-    ds = reconstruct(
-        [_case()],
-        _prior(),
-        2,
-        {"solver": "ddpm", "guidance": "dds", "search": "smc", "search_options": {"particles": 2}},
-        SAMPLING,
-        0.25,
-        0,
-        "cpu",
-        {},
-    )
-    assert ds["ess"].dims == ("case", "sample") and ds.attrs["method"] == "ddpm-dds-smc"
-    plain = reconstruct(
-        [_case()], _prior(), 2, {"solver": "ddim", "guidance": "dds"}, SAMPLING, 0.25, 0, "cpu", {}
-    )
-    assert "ess" not in plain and plain.attrs["method"] == "ddim-dds"
-
-
-def _registered(group: str) -> list[str]:
-    from diffinv.plugins import BUILTINS
-
-    return sorted(BUILTINS[group])
-
-
-# guidance methods whose update is a solver kernel of their own (DDRM, DiffPIR)
+PRIOR_RESIDUAL = _residual(Method("ddim", "none"))[0]
+# guidance kernels that are solvers of their own; options that make the others pull
+# towards the data within 6 steps on this mixture (the defaults follow the papers)
 OWN_SOLVER = {"ddrm": "ddrm", "diffpir": "diffpir"}
+OPTIONS = {"dps": {"zeta": 10.0}, "gaussian_score": {"gamma": 1.0}}
+
+
+@pytest.mark.parametrize("guidance", sorted(set(BUILTINS["guidance"]) - {"none"}))
+def test_every_guidance_runs_in_the_mri_stage_by_name_and_pulls_towards_the_data(guidance):
+    """Exact NFE, and samples closer to the measurements than prior samples (no final projection)."""
+    solver = OWN_SOLVER.get(guidance, "ddim")
+    residual, nfe = _residual(Method(solver, guidance, guidance_options=OPTIONS.get(guidance, {})))
+    assert nfe == STEPS * load("solver", solver).nfe_per_step
+    assert residual < 0.5 * PRIOR_RESIDUAL, (guidance, residual, PRIOR_RESIDUAL)
+
+
 SMALL_SEARCH_OPTIONS = {
     "smc": {"particles": 2},
     "mcgdiff": {"particles": 2},
@@ -90,25 +76,20 @@ SMALL_SEARCH_OPTIONS = {
 }
 
 
-@pytest.mark.parametrize("guidance", _registered("guidance"))
-def test_every_guidance_runs_in_the_mri_stage_by_name(guidance):
-    """The MRI stage (what the Snakemake rule calls) accepts every registered guidance by name."""
-    method = {"solver": OWN_SOLVER.get(guidance, "ddim"), "guidance": guidance}
-    out = reconstruct_case(_case(), 0, _prior(), 2, method, SAMPLING, 0.25, 0, "cpu")
-    assert out["samples"].shape == (3, 2, 8, 8) and torch.isfinite(out["samples"]).all()
+@pytest.mark.parametrize("search", sorted(BUILTINS["search"]))
+def test_every_search_runs_in_the_mri_stage_by_name_and_stays_data_consistent(search):
+    """Searches spend at least one trajectory per sample and keep DDS's data consistency."""
+    guidance = "none" if search == "mcgdiff" else "dds"  # MCGdiff conditions in its own kernel
+    method = Method("ddpm", guidance, search, search_options=SMALL_SEARCH_OPTIONS[search])
+    residual, nfe = _residual(method)
+    assert nfe >= STEPS
+    assert residual < 0.5 * PRIOR_RESIDUAL, (search, residual, PRIOR_RESIDUAL)
 
 
-@pytest.mark.parametrize("search", _registered("search"))
-def test_every_search_runs_in_the_mri_stage_by_name(search):
-    """... and every registered search / population method (small budgets)."""
-    method = {
-        "solver": "ddpm",
-        "guidance": "none" if search == "mcgdiff" else "dds",
-        "search": search,
-        "search_options": SMALL_SEARCH_OPTIONS[search],
-    }
-    out = reconstruct_case(_case(), 0, _prior(), 2, method, SAMPLING, 0.25, 0, "cpu")
-    assert out["samples"].shape == (3, 2, 8, 8) and torch.isfinite(out["samples"]).all()
-    assert (
-        out["samples"].dtype == torch.float32
-    )  # MCGdiff's float64 spectral step once leaked into the particles (a float32 network then failed)
+def test_population_methods_write_ess_and_the_default_path_does_not():
+    method = Method("ddpm", "dds", "smc", search_options={"particles": 2})
+    ds = reconstruct([_case()], _prior(), 2, method, SETTINGS, 0.25, 0, "cpu", {})
+    assert ds["ess"].dims == ("case", "sample") and ds.attrs["method"] == "ddpm-dds-smc"
+    assert float(ds["nfe"][0]) == 2 * STEPS, "a population of 2 costs 2 trajectories per sample"
+    plain = reconstruct([_case()], _prior(), 2, Method("ddim", "dds"), SETTINGS, 0.25, 0, "cpu", {})
+    assert "ess" not in plain and plain.attrs["method"] == "ddim-dds" and float(plain["nfe"][0]) == STEPS

@@ -15,6 +15,7 @@ rule ads_mri:
     threads: config["threads"]
     resources:
         gpu=1,
+        device=DEVICE,
     params:
         cli=DIFFINV,
         config=job_config("ads", "sample"),
@@ -22,7 +23,7 @@ rule ads_mri:
         "OMP_NUM_THREADS={threads} {params.cli} sample ads --data {input.data} "
         "--train {input.train} --prior {input.prior} --acceleration {wildcards.acc} "
         "-o {output} --config-json {params.config} "
-        "--device {DEVICE} --threads {threads} > {log} 2>&1"
+        "--device {resources.device} --threads {threads} > {log} 2>&1"
 
 
 rule ads_evaluate:

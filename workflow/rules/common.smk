@@ -25,10 +25,13 @@ def job_config(stage, verb, method=None):
 
     A job's params hold only these, so an edit reruns exactly the jobs it affects.
     """
-    return shlex.quote(json.dumps(verb_config(config, stage, verb, method), sort_keys=True))
+    return shlex.quote(
+        json.dumps(verb_config(config, stage, verb, method), sort_keys=True)
+    )
 
 
-# Runtime settings: they do not change results, so they stay out of every job's params.
+# Runtime setting: it does not change results, so it is a resource, not a param (params
+# changes rerun jobs).
 DEVICE = config["device"]
 
 

@@ -51,13 +51,14 @@ rule train_prior_mri:
     threads: config["threads"]
     resources:
         gpu=1,
+        device=DEVICE,
     params:
         cli=DIFFINV,
         config=job_config("mri", "train"),
     shell:
         "OMP_NUM_THREADS={threads} {params.cli} train mri --data {input} "
         "-o {output.prior} --config-json {params.config} "
-        "--device {DEVICE} --threads {threads} > {log} 2>&1"
+        "--device {resources.device} --threads {threads} > {log} 2>&1"
 
 
 rule sample_mri:
@@ -73,6 +74,7 @@ rule sample_mri:
     threads: config["threads"]
     resources:
         gpu=1,
+        device=DEVICE,
     params:
         cli=DIFFINV,
         config=lambda wildcards: job_config("mri", "sample", wildcards.method),
@@ -80,7 +82,7 @@ rule sample_mri:
         "OMP_NUM_THREADS={threads} {params.cli} sample mri --data {input.data} "
         "--prior {input.prior} --acceleration {wildcards.acc} "
         "--method {wildcards.method} -o {output} --config-json {params.config} "
-        "--device {DEVICE} --threads {threads} > {log} 2>&1"
+        "--device {resources.device} --threads {threads} > {log} 2>&1"
 
 
 rule evaluate_mri:

@@ -97,7 +97,7 @@ def summarise(metrics: Sequence[Path], out_csv: Path) -> pd.DataFrame:
 def evaluate_ads(store: Path, metrics_csv: Path, figures: Path) -> pd.DataFrame:
     """ADS store: per-case metrics of every strategy (CSV) and a figure per case."""
     from diffinv.plots import plot_ads_case
-    from diffinv.tasks.ads import ads_metrics
+    from diffinv.stages.ads.acquisition import ads_metrics
 
     ds = open_zarr(store).load()
     if "truth" not in ds:
