@@ -31,6 +31,8 @@ test: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
 lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/snakemake --lint --configfile $(CONFIG)
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 
