@@ -193,6 +193,37 @@ def network_dtype(prior: Denoiser) -> str:
     return str(first.dtype).removeprefix("torch.") if first is not None else "float64"
 
 
+SEED_POLICY = (
+    "numpy SeedSequence([seed, key, 1 + sample]) per posterior sample and SeedSequence([seed, key, 0]) "
+    "for the case's own randomness (its mask), key = first 63 bits of SHA-256 of the case identity"
+)
+
+
+def sampling_provenance(
+    record: Mapping[str, Any],
+    prior: Denoiser,
+    method: Method,
+    sampling: Sampling,
+    seed: int,
+    device: str | torch.device,
+    **fields: Any,
+) -> dict[str, Any]:
+    """Provenance of a sampling job: ``record`` and ``fields`` plus method, seeds, device,
+    the network's dtype and the precision it ran at."""
+    from diffinv.io.store import provenance
+
+    return provenance(
+        **{**record, **fields},
+        method=method.as_dict(),
+        device=str(device),
+        dtype=network_dtype(prior),
+        precision=sampling.precision,
+        seed=seed,
+        seeds=SEED_POLICY,
+        nfe_unit="denoiser evaluations per posterior sample (store variable nfe)",
+    )
+
+
 OnStep = Callable[[StepInfo], "Problem | None"]
 
 

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from diffinv.complex import channels_to_complex
 from diffinv.diffusion.denoisers import Denoiser
-from diffinv.io.store import provenance, set_provenance
+from diffinv.io.store import set_provenance
 from diffinv.metrics import image_metrics
 from diffinv.operators.mri import center_mask, fft2c, sampling_mask, variable_density_mask
 from diffinv.solvers.base import StepInfo
@@ -45,12 +45,12 @@ from diffinv.stages.core import (
     Method,
     Problem,
     Sampling,
-    network_dtype,
     posterior_variables,
     sample_case,
+    sampling_provenance,
 )
 from diffinv.stages.mri.cases import MRICase, case_problem, load_cases
-from diffinv.stages.mri.run import SEED_POLICY, reconstruct_case, to_complex
+from diffinv.stages.mri.run import reconstruct_case, to_complex
 
 BASELINES = ("random", "equispaced", "variable_density", "greedy")
 
@@ -327,20 +327,10 @@ def run_ads(
         reconstruction=ads["reconstruction"],
         greedy_search_s=round(greedy_search_s, 3),
     )
-    record = dict(
-        record,
-        acceleration=acceleration,
-        lines=budget,
-        method=method.as_dict(),
-        ads=ads,
-        seed=seed,
-        seeds=SEED_POLICY,
-        device=device,
-        dtype=network_dtype(prior),
-        precision=sampling.precision,
-        nfe_unit="denoiser evaluations per posterior sample (variable nfe)",
+    prov = sampling_provenance(
+        record, prior, method, sampling, seed, device, acceleration=acceleration, lines=budget, ads=ads
     )
-    return set_provenance(ds, provenance(**record))
+    return set_provenance(ds, prov)
 
 
 def ads_metrics(ds: xr.Dataset) -> list[dict[str, Any]]:

@@ -13,15 +13,17 @@ from torch import Tensor
 
 from diffinv.complex import channels_to_complex
 from diffinv.diffusion.denoisers import Denoiser
-from diffinv.io.store import provenance, set_provenance
-from diffinv.stages.core import CaseSamples, CaseSeeds, Method, Sampling, network_dtype, posterior_variables
+from diffinv.io.store import set_provenance
+from diffinv.stages.core import (
+    CaseSamples,
+    CaseSeeds,
+    Method,
+    Sampling,
+    posterior_variables,
+    sampling_provenance,
+)
 from diffinv.stages.core import sample_case as core_sample_case
 from diffinv.stages.mri.cases import MRICase, baselines, case_mask, case_problem, load_cases, training_images
-
-SEED_POLICY = (
-    "numpy SeedSequence([seed, key, 1 + sample]) per posterior sample and SeedSequence([seed, key, 0]) "
-    "for the mask, key = first 63 bits of SHA-256 of the case label (file:slice)"
-)
 
 
 def reconstruct_case(
@@ -57,18 +59,7 @@ def reconstruct_blocks(
     block = settings["case_block"]
     clip = getattr(prior, "clip", None)
     attrs = {"acceleration": acceleration, "method": method.name}
-    record = dict(
-        record,
-        acceleration=acceleration,
-        method=method.as_dict(),
-        device=device,
-        dtype=network_dtype(prior),
-        precision=sampling.precision,
-        seed=seed,
-        seeds=SEED_POLICY,
-        nfe_unit="denoiser evaluations per posterior sample (variable nfe)",
-    )
-    prov = provenance(**record)
+    prov = sampling_provenance(record, prior, method, sampling, seed, device, acceleration=acceleration)
     for b0 in range(0, len(cases), block):
         part = cases[b0 : b0 + block]
         results, masks, zero_filled, no_prior = [], [], [], []
