@@ -6,11 +6,12 @@ goes on; the exit status is 1 if anything failed):
 1. every registered solver: unconditional sampling with the trained prior from the same
    start noise on the CPU and on the device; finite?, max |Δ| and relative RMSE Δ of the
    samples (FAIL above ``REL_TOL``), time per step;
-2. every registered guidance and search through the MRI stage (``reconstruct_case``, as
-   tests/search/test_mri_search.py, with the trained prior and the first eval slice):
-   finite?, PSNR of the posterior mean on the CPU and on the device (FAIL above
-   ``PSNR_TOL`` dB for methods without a search; searches make discrete choices, so
-   theirs is reported only);
+2. every registered guidance and search through the MRI stage
+   (``diffinv.stages.mri.run.reconstruct_case``, as tests/search/test_mri_search.py, with
+   the trained prior and the first eval slice under its configured 4x mask): finite?, PSNR
+   of the posterior mean on the CPU and on the device (FAIL above ``PSNR_TOL`` dB for
+   methods without a search; searches make discrete choices, so theirs is reported only),
+   NFE per posterior sample (particle rows, population rows included);
 3. per-step solver overhead on the device (``solvers_convergence.overhead``) at two batch sizes;
 4. denoiser calls per second at three batch sizes (CPU and device) and prior-training
    steps per second on the device (``train_prior`` with the prior's own network and settings).
@@ -52,7 +53,9 @@ from diffinv.metrics import image_metrics
 from diffinv.plugins import BUILTINS, load
 from diffinv.solvers import PerSampleNoise, make_solver
 from diffinv.solvers.base import integrate
-from diffinv.tasks.mri import MRICase, load_cases, reconstruct_case, training_images
+from diffinv.stages.core import CaseSeeds, Method, Sampling
+from diffinv.stages.mri.cases import MRICase, case_mask, load_cases, training_images
+from diffinv.stages.mri.run import reconstruct_case
 
 REL_TOL = 1e-2  # relative RMSE difference device vs CPU of a solver's samples (float32)
 PSNR_TOL = 0.5  # dB, posterior-mean PSNR device vs CPU, methods without a search
@@ -375,9 +378,9 @@ def check_solvers(ctx: Context) -> list[dict[str, Any]]:
 
 
 # -- part 2 ---------------------------------------------------------------------------
-def demo_case(ctx: Context) -> tuple[MRICase, float, str, dict[str, dict[str, Any]]]:
-    """The first slice of eval.zarr, the centre fraction, the mask kind and the demo methods' guidance
-    options."""
+def demo_case(ctx: Context) -> tuple[MRICase, float, dict[str, Any], dict[str, dict[str, Any]]]:
+    """The first slice of eval.zarr, the centre fraction, the validated ``mri.sampling`` section and the
+    demo methods' guidance options."""
     cfg = load_config(ctx.args.config)
     mri = cfg["mri"]
     center = float(mri["data"]["center_fraction"])
@@ -387,24 +390,26 @@ def demo_case(ctx: Context) -> tuple[MRICase, float, str, dict[str, dict[str, An
     options: dict[str, dict[str, Any]] = {}
     for m in mri["sampling"]["methods"]:
         options.setdefault(m["guidance"], dict(m.get("guidance_options", {})))
-    return case, center, mri["sampling"]["mask"]["kind"], options
+    return case, center, mri["sampling"], options
 
 
 def check_guidance(ctx: Context) -> list[dict[str, Any]]:
     """Part 2: every registered guidance and search through ``reconstruct_case`` on each device."""
     sz, rows = ctx.sizes, []
-    case, center, mask_kind, gopts = demo_case(ctx)
+    case, center, section, gopts = demo_case(ctx)
     truth = channels_to_complex(case.truth).numpy()
-    sampling = {
-        "mask": {"kind": mask_kind},
-        "steps": sz.steps,
-        "grid": "logsnr",
-        "samples": sz.samples,
-        "batch_size": sz.samples,
-        "hallucination_steps": 2,
-        "final_dc": False,
-        "no_prior_iterations": 3,
-    }
+    mask_kind = section["mask"]["kind"]
+    mask = case_mask(case, 4, mask_kind, center, CaseSeeds.of(0, case.label))
+    sampling = Sampling.from_config(
+        section,
+        steps=sz.steps,
+        grid="logsnr",
+        samples=sz.samples,
+        batch_size=sz.samples,
+        hallucination_steps=2,
+        final_dc=False,
+        precision="fp32",  # the comparison is of strict float32 runs
+    )
     methods = [
         {
             "solver": OWN_SOLVER.get(g, "ddim"),
@@ -431,15 +436,17 @@ def check_guidance(ctx: Context) -> list[dict[str, Any]]:
     )
 
     def one(method: dict[str, Any], device: str) -> dict[str, Any]:
-        out = reconstruct_case(case, 0, prior(ctx, device), 4, method, sampling, center, 0, device)
-        x = out["samples"]
+        out = reconstruct_case(
+            case, prior(ctx, device), mask, Method.from_config(method), sampling, 0, device
+        )
+        x = out.samples
         finite = bool(torch.isfinite(x).all())
         psnr = image_metrics(truth, channels_to_complex(x).mean(0).numpy())["psnr"] if finite else math.nan
         return {
             "finite": finite,
             "psnr": psnr,
-            "nfe": out["nfe"],
-            "wall_s": out["wall_time_s"],
+            "nfe_per_sample": out.nfe,
+            "wall_s": out.wall_time_s,
             "mean": x.mean(0),
         }
 
@@ -454,7 +461,7 @@ def check_guidance(ctx: Context) -> list[dict[str, Any]]:
             "options": str({k: v for k, v in method.items() if k.endswith("_options") and v}),
             "finite": main["finite"] if main else None,
             "psnr": main["psnr"] if main else math.nan,
-            "nfe": main["nfe"] if main else None,
+            "nfe_per_sample": main["nfe_per_sample"] if main else None,
             "wall_s": main["wall_s"] if main else math.nan,
             "cpu_finite": ref["finite"] if ref else None,
             "cpu_psnr": ref["psnr"] if ref else math.nan,
@@ -500,7 +507,7 @@ def check_guidance(ctx: Context) -> list[dict[str, Any]]:
         cmp += f"  tf32 Δ {row['tf32_psnr_diff_db']:+.3f} dB" if ctx.tf32 else ""
         print(
             f"  {name:<24} finite {row['finite']!s:<5} PSNR {row['psnr']:6.2f} dB  {row['wall_s']:6.2f} s  "
-            f"nfe {row['nfe']!s:>3}{cmp}  {status}",
+            f"nfe/sample {row['nfe_per_sample']!s:>5}{cmp}  {status}",
             flush=True,
         )
     return rows
@@ -702,7 +709,7 @@ SUMMARY = {
         "psnr_diff_db",
         "mean_rel_diff",
         "tf32_psnr_diff_db",
-        "nfe",
+        "nfe_per_sample",
         "wall_s",
         "cpu_wall_s",
         "status",

@@ -4,6 +4,7 @@ Needs the demo prior (results/mri/demo/prior, made by the main demo run) and the
 eval store (results/mri/demo/data/eval.zarr); if the prior is absent the script says so and
 exits 0. Writes benchmarks/out/guidance_mri.csv.
 Run: PYTHONPATH=src python benchmarks/guidance_mri.py [--quick] [--root /path/to/project]
+    [--prior DIR] [--data STORE] [--config YAML]
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from _common import write_csv
 from diffinv.config import load_config, method_name
 from diffinv.diffusion.networks import load_denoiser
 from diffinv.metrics import image_metrics
-from diffinv.tasks.mri import load_cases, reconstruct
+from diffinv.stages.core import Method
+from diffinv.stages.mri.cases import load_cases
+from diffinv.stages.mri.run import reconstruct
 from diffinv.uncertainty import interval_coverage
 
 OUT = Path(__file__).parent / "out"
@@ -49,12 +52,18 @@ METHODS = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1])
+    parser.add_argument("--prior", type=Path, default=None, help="default: ROOT/results/mri/demo/prior")
+    parser.add_argument(
+        "--data", type=Path, default=None, help="default: ROOT/results/mri/demo/data/eval.zarr"
+    )
+    parser.add_argument("--config", type=Path, default=None, help="default: ROOT/config/config.yaml")
     parser.add_argument("--quick", action="store_true", help="2 cases, 8 samples, 4x only")
     parser.add_argument(
         "--only", nargs="+", default=None, help="run only the methods with these names (e.g. ddim-pigdm)"
     )
     args = parser.parse_args()
-    prior_dir, data = args.root / "results/mri/demo/prior", args.root / "results/mri/demo/data/eval.zarr"
+    prior_dir = args.prior or args.root / "results/mri/demo/prior"
+    data = args.data or args.root / "results/mri/demo/data/eval.zarr"
     if not (prior_dir.is_dir() and data.exists()):
         print(
             f"skipped: the demo prior ({prior_dir}) or eval store ({data}) is absent; "
@@ -62,9 +71,10 @@ def main() -> None:
         )
         return
     torch.set_num_threads(1)
-    cfg = load_config(args.root / "config/config.yaml")
+    cfg = load_config(args.config or args.root / "config/config.yaml")
     mri = cfg["mri"]
-    sampling = dict(mri["sampling"], samples=8 if args.quick else 32, batch_size=8 if args.quick else 32)
+    # the validated mri.sampling section (all keys, defaults filled), with the benchmark's sample counts
+    sampling = {**mri["sampling"], "samples": 8 if args.quick else 32, "batch_size": 8 if args.quick else 32}
     prior = load_denoiser(prior_dir, "cpu")
     cases = load_cases(data, mri["data"]["center_fraction"], 2 if args.quick else mri["data"]["cases"])
     rows = []
@@ -77,7 +87,7 @@ def main() -> None:
                 cases,
                 prior,
                 acc,
-                method,
+                Method.from_config(method),
                 sampling,
                 mri["data"]["center_fraction"],
                 cfg["seed"],

@@ -25,10 +25,12 @@ from diffinv.config import validate_config
 from diffinv.diffusion.networks import load_denoiser
 from diffinv.guidance import make_guidance
 from diffinv.io.store import write_zarr
-from diffinv.operators.mri import MRIOperator, sampling_mask
+from diffinv.operators.mri import sampling_mask
 from diffinv.plots import plt
-from diffinv.tasks.evaluate import evaluate_store
-from diffinv.tasks.mri import load_cases, reconstruct
+from diffinv.stages.core import Method
+from diffinv.stages.evaluate import evaluate_store
+from diffinv.stages.mri.cases import case_problem, load_cases
+from diffinv.stages.mri.run import reconstruct
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -36,15 +38,11 @@ OUT = Path(__file__).resolve().parent / "out"
 def time_per_nfe(prior, case, guidance: str, batch: int, repeats: int) -> tuple[float, float]:
     """Seconds per call of the bare denoiser and of the guided denoiser (median of repeats)."""
     width = case.kspace.shape[-1]
-    op = MRIOperator(
-        sampling_mask("equispaced_fraction", width, 4, 0.08, seed=0),
-        case.sensitivities[None] if case.sensitivities is not None else None,
-    )
-    y = op.mask * (case.kspace[None] if case.sensitivities is not None else case.kspace)
-    y = y.expand((batch,) + tuple(y.shape[1:]))
-    x = torch.randn(batch, 2, *case.kspace.shape[-2:])
+    problem = case_problem(case, sampling_mask("equispaced_fraction", width, 4, 0.08, seed=0), "cpu")
+    y = problem.y.expand((batch,) + tuple(problem.y.shape[1:]))
+    x = torch.randn((batch,) + problem.shape)
     t = torch.full((batch,), 0.5, dtype=torch.float64)
-    guided = make_guidance(guidance, op, y)(prior)
+    guided = make_guidance(guidance, problem.operator, y)(prior)
 
     bare, guided_times = [], []
     with torch.no_grad():
@@ -99,13 +97,12 @@ def main() -> None:
     if args.timing_only:
         return
 
-    sampling = dict(cfg["mri"]["sampling"])
-    if args.quick:
-        sampling["samples"] = 8
+    # the validated mri.sampling section (all keys, defaults filled)
+    sampling = {**cfg["mri"]["sampling"], **({"samples": 8} if args.quick else {})}
     quality = []
     for acc in cfg["mri"]["sampling"]["accelerations"]:
-        for method in cfg["mri"]["sampling"]["methods"]:
-            name = f"{method['solver']}-{method['guidance']}"
+        for entry in cfg["mri"]["sampling"]["methods"]:
+            method = Method.from_config(entry)
             ds = reconstruct(
                 cases,
                 prior,
@@ -117,7 +114,7 @@ def main() -> None:
                 "cpu",
                 {"step": "benchmark"},
             )
-            store = write_zarr(ds, OUT / f"mri_posterior_{acc}x_{name}.zarr")
+            store = write_zarr(ds, OUT / f"mri_posterior_{acc}x_{method.name}.zarr")
             table = evaluate_store(store)
             quality.append(
                 table.groupby(["method", "acceleration", "reconstruction"], as_index=False)[

@@ -93,20 +93,16 @@ def mri_setting(prior_dir: Path, data: Path, device: str) -> tuple[Denoiser, Den
     ``device``."""
     from diffinv.diffusion.networks import load_denoiser
     from diffinv.guidance import make_guidance
-    from diffinv.operators.mri import MRIOperator, sampling_mask
-    from diffinv.tasks.mri import load_cases
+    from diffinv.operators.mri import sampling_mask
+    from diffinv.stages.mri.cases import case_problem, load_cases
 
     prior = load_denoiser(prior_dir, device)
     case = load_cases(data, 0.08, limit=1)[0]
     width = case.kspace.shape[-1]
-    mask = sampling_mask("random", width, 4, 0.08, seed=0).to(device)
-    sens = case.sensitivities[None].to(device) if case.sensitivities is not None else None
-    op = MRIOperator(mask, sens)
-    y = op.mask * (case.kspace[None] if sens is not None else case.kspace).to(
-        device
-    )  # batch axis 1: broadcasts over any batch
-    posterior = make_guidance("dds", op, y, cg_steps=5)(prior)
-    return prior, posterior, (2,) + tuple(case.kspace.shape[-2:])
+    mask = sampling_mask("random", width, 4, 0.08, seed=0)
+    problem = case_problem(case, mask, device)  # y keeps a batch axis of 1: broadcasts over any batch
+    posterior = make_guidance("dds", problem.operator, problem.y, cg_steps=5)(prior)
+    return prior, posterior, problem.shape
 
 
 def synchronize() -> None:
