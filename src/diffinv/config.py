@@ -63,7 +63,21 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
         where = ".".join(str(p) for p in err.path) or "(top level)"
         raise ConfigError(f"{source}: {where}: {err.message} (fix: {_fix_for(err)})")
     _check_methods(cfg, source)
+    _check_network(cfg, source)
     return cfg
+
+
+def _check_network(cfg: dict[str, Any], source: str) -> None:
+    """Group normalisation needs every width of the prior's UNet divisible by ``norm_groups``."""
+    net = cfg.get("mri", {}).get("prior", {}).get("network")
+    if not net:
+        return
+    bad = [w for w in net["widths"] if w % net["norm_groups"]]
+    if bad:
+        raise ConfigError(
+            f"{source}: mri.prior.network.widths: {bad} not divisible by norm_groups {net['norm_groups']} "
+            "(fix: use widths that are multiples of norm_groups, or lower norm_groups)"
+        )
 
 
 def _check_methods(cfg: dict[str, Any], source: str) -> None:

@@ -212,3 +212,21 @@ def check_options(kind: str, name: str, options: dict[str, Any], where: str, key
     if kind == "solver" and {"base", "base_options"} <= set(valid):
         base = options.get("base", valid["base"][0].default)
         check_options("solver", base, options.get("base_options") or {}, path, "base")
+    _check_values(kind, _import(known[name]), options, path)
+
+
+def _check_values(kind: str, cls: type, options: dict[str, Any], path: str) -> None:
+    """Build the plug-in once, as the job will, so that its own range checks run at parse time.
+
+    Solvers get a default schedule, guidance and searches no operator: a plug-in that needs
+    a real one to be built is checked when the job builds it.
+    """
+    from diffinv.diffusion.schedule import VPSchedule
+
+    args: tuple[Any, ...] = (VPSchedule(),) if kind == "solver" else (None, None)
+    try:
+        cls(*args, **options)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    except Exception:  # noqa: BLE001 - needs real data to be built; the job checks it then
+        return

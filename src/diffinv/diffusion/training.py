@@ -17,6 +17,7 @@ from tqdm import tqdm
 from diffinv.diffusion.denoisers import NetworkDenoiser, Prediction
 from diffinv.diffusion.networks import build_unet, save_checkpoint, schedule_dict
 from diffinv.diffusion.schedule import VPSchedule
+from diffinv.errors import DiffinvError
 
 
 @dataclass
@@ -101,11 +102,20 @@ def train_prior(
             for pe, p in zip(ema.parameters(), net.parameters()):
                 pe.lerp_(p, 1 - decay)
         value = loss.item()
+        if not math.isfinite(value):
+            raise DiffinvError(
+                f"training stopped at step {step}: the loss is {value} (fix: lower mri.prior.train.lr, "
+                f"now {train.lr:g}, or check the training images for NaN)"
+            )
         running = value if running is None else 0.98 * running + 0.02 * value
         if step % train.log_every == 0 or step == train.steps - 1:
             log.append((step, value, running))
             bar.set_postfix(loss=f"{running:.4f}")
     wall = time.perf_counter() - start
+    if not all(bool(torch.isfinite(p).all()) for p in ema.parameters()):
+        raise DiffinvError(
+            f"training ended with non-finite weights (fix: lower mri.prior.train.lr, now {train.lr:g})"
+        )
     config = {
         "network": network,
         "prediction": train.prediction,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from diffinv.diffusion.denoisers import Denoiser
+from diffinv.errors import check_range
 from diffinv.guidance.base import Guidance
 from diffinv.operators.base import LinearOperator
 
@@ -29,6 +30,8 @@ class DDS(Guidance):
         clip: float | None = None,
     ) -> None:
         super().__init__(operator, y)
+        check_range("dds", "cg_steps", cg_steps, 1)
+        check_range("dds", "reg", reg, 0.0)
         self.cg_steps = int(cg_steps)
         self.reg = float(reg)
         self.clip = clip

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from diffinv.diffusion.denoisers import Denoiser
+from diffinv.errors import check_range
 from diffinv.guidance.base import Guidance, score_guided
 from diffinv.operators.base import LinearOperator, inner
 
@@ -33,6 +34,8 @@ class DPS(Guidance):
         alpha_power: float = 0.0,
     ) -> None:
         super().__init__(operator, y)
+        check_range("dps", "zeta", zeta, 0.0)
+        check_range("dps", "alpha_power", alpha_power, 0.0)
         self.zeta = float(zeta)
         self.squared = bool(squared)
         self.alpha_power = float(alpha_power)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from diffinv.diffusion.denoisers import Denoiser
+from diffinv.errors import check_range
 from diffinv.guidance.base import Guidance, score_guided
 from diffinv.operators.base import LinearOperator, conjugate_gradient, inner
 
@@ -36,6 +37,9 @@ class PiGDM(Guidance):
         alpha_power: float = 0.0,
     ) -> None:
         super().__init__(operator, y)
+        check_range("pigdm", "weight", weight, 0.0)
+        check_range("pigdm", "cg_steps", cg_steps, 1)
+        check_range("pigdm", "alpha_power", alpha_power, 0.0)
         self.weight = float(weight)
         self.cg_steps = int(cg_steps)
         self.alpha_power = float(alpha_power)

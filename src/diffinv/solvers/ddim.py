@@ -8,6 +8,7 @@ from torch import Tensor
 
 from diffinv.diffusion.denoisers import Denoiser
 from diffinv.diffusion.schedule import VPSchedule
+from diffinv.errors import check_range
 from diffinv.solvers.base import PerSampleNoise, Solver, State, denoise
 
 
@@ -18,6 +19,7 @@ class DDIM(Solver):
 
     def __init__(self, schedule: VPSchedule, eta: float = 0.0) -> None:
         super().__init__(schedule)
+        check_range("ddim", "eta", eta, 0.0, 1.0)
         self.eta = float(eta)
         self.stochastic = self.eta > 0
 

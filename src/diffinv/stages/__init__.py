@@ -77,6 +77,17 @@ def get_verb(stage: str, verb: str) -> Verb:
     return verbs[verb]
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
+
+
 def _get(cfg: Mapping[str, Any], path: str) -> Any:
     node: Any = cfg
     for part in path.split("."):

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from diffinv.diffusion.denoisers import Denoiser
-from diffinv.errors import ConfigError
+from diffinv.errors import ConfigError, DiffinvError
 from diffinv.guidance import make_guidance
 from diffinv.operators.base import LinearOperator, inner
 from diffinv.search import make_search
@@ -83,11 +83,21 @@ class Sampling:
     final_dc: bool = True
     hallucination_steps: int = 5
     precision: Precision = "fp32"
+    allow_nonfinite: bool = False
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any], **overrides: Any) -> Sampling:
         """Settings from a validated ``sampling`` config section (other keys are ignored)."""
-        keys = ("samples", "batch_size", "steps", "grid", "final_dc", "hallucination_steps", "precision")
+        keys = (
+            "samples",
+            "batch_size",
+            "steps",
+            "grid",
+            "final_dc",
+            "hallucination_steps",
+            "precision",
+            "allow_nonfinite",
+        )
         return cls(**{**{k: section[k] for k in keys if k in section}, **overrides})
 
 
@@ -272,6 +282,13 @@ def sample_case(
                 if sampling.final_dc:
                     x = final.operator.project(x, final.y)
                 resid = final.operator.residual(x, final.y) / inner(final.y, final.y).sqrt().clamp_min(1e-12)
+            if not sampling.allow_nonfinite and not bool(torch.isfinite(x).all()):
+                bad = int((~torch.isfinite(x)).sum())
+                raise DiffinvError(
+                    f"method {method.name}: {bad} non-finite values in samples {b0}-{b0 + x.shape[0] - 1} "
+                    "(fix: check the prior's training loss and the method's options, e.g. a smaller "
+                    "step size or guidance weight; sampling.allow_nonfinite: true writes them anyway)"
+                )
             parts["samples"].append(x.cpu())
             parts["hal"].append(batch.hallucination.cpu())
             parts["resid"].append(resid.cpu())

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 
-from diffinv.stages import Stage, Verb, register
+from diffinv.stages import Stage, Verb, positive_int, register
 
 
 def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="ingested store to reconstruct (.zarr)")
     p.add_argument("--train", required=True, help="ingested training store (for the greedy fixed mask)")
     p.add_argument("--prior", required=True, help="checkpoint folder (model.safetensors + config.json)")
-    p.add_argument("--acceleration", type=int, required=True, help="line budget: width / acceleration lines")
+    p.add_argument(
+        "--acceleration", type=positive_int, required=True, help="line budget: width / acceleration lines"
+    )
     p.add_argument("-o", "--output", required=True, help="output ads.zarr")
 
 

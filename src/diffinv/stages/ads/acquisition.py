@@ -50,7 +50,7 @@ from diffinv.stages.core import (
     sampling_provenance,
 )
 from diffinv.stages.mri.cases import MRICase, case_problem, load_cases
-from diffinv.stages.mri.run import reconstruct_case, to_complex
+from diffinv.stages.mri.run import load_prior, reconstruct_case, to_complex
 
 BASELINES = ("random", "equispaced", "variable_density", "greedy")
 
@@ -354,11 +354,10 @@ def ads_metrics(ds: xr.Dataset) -> list[dict[str, Any]]:
 
 def sample(args: Any, cfg: dict[str, Any], device: str) -> None:
     """``diffinv sample ads``: ADS and the fixed-mask baselines at one acceleration into ads.zarr."""
-    from diffinv.diffusion.networks import load_denoiser
     from diffinv.io.store import write_zarr
 
-    prior = load_denoiser(Path(args.prior), device)
     cases, train, method, sampling = ads_inputs(cfg, Path(args.data), Path(args.train))
+    prior = load_prior(Path(args.prior), cases, Path(args.data), device)
     record = {
         "step": "sample ads",
         "config": cfg,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from diffinv.stages import Stage, Verb, register
+from diffinv.stages import Stage, Verb, positive_int, register
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,7 +22,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="ingested store to reconstruct (.zarr)")
     p.add_argument("--prior", required=True, help="checkpoint folder (model.safetensors + config.json)")
-    p.add_argument("--acceleration", type=int, required=True, help="undersampling factor R (R >= 1)")
+    p.add_argument("--acceleration", type=positive_int, required=True, help="undersampling factor R (R >= 1)")
     p.add_argument("--method", required=True, help="SOLVER-GUIDANCE[-SEARCH], one of mri.sampling.methods")
     p.add_argument("-o", "--output", required=True, help="output posterior.zarr")
 

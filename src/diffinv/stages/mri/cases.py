@@ -72,6 +72,13 @@ def load_cases(
 ) -> list[MRICase]:
     """Cases of an ingested fastMRI store (first ``limit`` slices), read ``chunk`` slices at a time."""
     ds = open_zarr(store)
+    missing = [v for v in ("kspace", "mask", "file", "slice_in_file", "num_low_frequency") if v not in ds]
+    if missing:
+        raise InputError(
+            store,
+            f"not an ingested fastMRI store (no {', '.join(missing)})",
+            "pass a store written by 'diffinv ingest fastmri'",
+        )
     n = ds.sizes["slice"] if limit is None else min(limit, ds.sizes["slice"])
     width = ds.sizes["phase"]
     labels = [f"{f}:{int(i)}" for f, i in zip(ds["file"].values[:n], ds["slice_in_file"].values[:n])]

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from diffinv.complex import channels_to_complex
 from diffinv.diffusion.denoisers import Denoiser
+from diffinv.errors import ConfigError, InputError
 from diffinv.io.store import set_provenance
 from diffinv.stages.core import (
     CaseSamples,
@@ -191,6 +192,21 @@ def reconstruct(
     return ds
 
 
+def load_prior(folder: Path, cases: Sequence[MRICase], data: Path, device: str) -> Denoiser:
+    """The checkpoint's denoiser, refused with one line if it was trained on another grid than ``data``."""
+    from diffinv.diffusion.networks import checkpoint_config, load_denoiser
+
+    size = [int(s) for s in checkpoint_config(folder)["network"]["size"]]
+    grid = list(cases[0].kspace.shape[-2:])
+    if size != grid:
+        raise InputError(
+            folder / "config.json",
+            f"the prior was trained on {size[0]}x{size[1]} images but {data} holds {grid[0]}x{grid[1]}",
+            "use a prior trained on this grid, or ingest with mri.data.kspace_crop set to the prior's size",
+        )
+    return load_denoiser(folder, device)
+
+
 def train(args: argparse.Namespace, cfg: dict[str, Any], device: str) -> None:
     """``diffinv train mri``: the slice prior on the fully sampled slices of ``--data``."""
     from diffinv.diffusion.schedule import VPSchedule
@@ -199,6 +215,11 @@ def train(args: argparse.Namespace, cfg: dict[str, Any], device: str) -> None:
     mri = cfg["mri"]
     images = training_images(Path(args.data), mri["data"]["center_fraction"])
     prior = mri["prior"]
+    if prior["train"]["batch_size"] > images.shape[0]:
+        raise ConfigError(
+            f"mri.prior.train.batch_size: {prior['train']['batch_size']} is more than the "
+            f"{images.shape[0]} training slices of {args.data} (fix: set it to at most {images.shape[0]})"
+        )
     network = {"size": list(images.shape[-2:]), "channels": 2, **prior["network"]}
     train_cfg = TrainConfig(**prior["train"], seed=cfg["seed"])
     info = {
@@ -216,13 +237,12 @@ def train(args: argparse.Namespace, cfg: dict[str, Any], device: str) -> None:
 
 def sample(args: argparse.Namespace, cfg: dict[str, Any], device: str) -> None:
     """``diffinv sample mri``: posterior store of one method at one acceleration, written in blocks."""
-    from diffinv.diffusion.networks import load_denoiser
     from diffinv.io.store import write_zarr_blocks
 
     mri = cfg["mri"]
     (entry,) = mri["sampling"]["methods"]
-    prior = load_denoiser(Path(args.prior), device)
     cases = load_cases(Path(args.data), mri["data"]["center_fraction"], mri["data"]["cases"])
+    prior = load_prior(Path(args.prior), cases, Path(args.data), device)
     record = {"step": "sample mri", "config": cfg, "data": str(args.data), "prior": str(args.prior)}
     blocks = reconstruct_blocks(
         cases,
