@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -6,6 +7,7 @@ import xarray as xr
 
 from diffinv.errors import InputError
 from diffinv.io.store import (
+    append_zarr,
     atomic_path,
     create_zarr,
     get_provenance,
@@ -13,6 +15,7 @@ from diffinv.io.store import (
     provenance,
     set_provenance,
     write_zarr,
+    write_zarr_blocks,
 )
 
 
@@ -70,3 +73,65 @@ def test_opening_a_missing_or_broken_store_is_a_clear_error(tmp_path):
     (broken / "zarr.json").write_text("{garbage")
     with pytest.raises(InputError, match="broken.zarr: not a readable zarr store"):
         open_zarr(broken)
+
+
+def _open_strictly(path):
+    """``xr.open_zarr`` with default arguments, every warning an error (what a notebook user runs)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return xr.open_zarr(path).load()
+
+
+def _block(i):
+    ds = xr.Dataset(
+        {
+            "samples": (("case", "x"), np.full((2, 3), i + 1j, dtype=np.complex64)),
+            "label": ("case", [f"case{2 * i}", f"case{2 * i + 1}"]),
+        },
+        coords={"case": [2 * i, 2 * i + 1]},
+    )
+    return set_provenance(ds, provenance(block=i))
+
+
+def test_default_open_zarr_is_quiet_on_write_zarr_stores(tmp_path):
+    ds = _ds()
+    write_zarr(ds, tmp_path / "p.zarr")
+    back = _open_strictly(tmp_path / "p.zarr")
+    xr.testing.assert_equal(back["samples"], ds["samples"])
+    assert get_provenance(back)["seed"] == 3
+
+
+def test_default_open_zarr_is_quiet_and_complete_on_block_stores(tmp_path):
+    """Every block must be visible through the consolidated metadata (refreshed after the last append)."""
+    path = write_zarr_blocks(
+        (_block(i) for i in range(4)), tmp_path / "b.zarr", "case", {"samples": {"chunks": (2, 3)}}
+    )
+    back = _open_strictly(path)
+    assert back.sizes["case"] == 8 and back["case"].values.tolist() == list(range(8))
+    assert back["label"].values.tolist() == [f"case{k}" for k in range(8)]
+    np.testing.assert_array_equal(back["samples"].values[:, 0], np.repeat(np.arange(4) + 1j, 2))
+    assert get_provenance(back)["block"] == 0  # the first block's attributes, kept by every append
+    xr.testing.assert_identical(back, open_zarr(path).load())  # diffinv's reader agrees
+
+
+def test_default_open_zarr_is_quiet_with_a_snakemake_timestamp(tmp_path):
+    """Snakemake drops ``.snakemake_timestamp`` into ``directory()`` outputs."""
+    for name, writer in [
+        ("w.zarr", lambda p: write_zarr(_ds(), p)),
+        ("b.zarr", lambda p: write_zarr_blocks((_block(i) for i in range(3)), p, "case")),
+    ]:
+        path = tmp_path / name
+        writer(path)
+        (path / ".snakemake_timestamp").write_text("")
+        assert _open_strictly(path).sizes == open_zarr(path).sizes
+
+
+def test_appends_keep_the_consolidated_metadata_current(tmp_path):
+    """create_zarr + append_zarr used directly (streaming writers) also leave a complete store."""
+    path = tmp_path / "a.zarr"
+    create_zarr(_block(0), path)
+    for i in (1, 2):
+        append_zarr(_block(i), path, "case")
+        assert _open_strictly(path).sizes["case"] == 2 * (i + 1)
+    meta = json.loads((path / "zarr.json").read_text())
+    assert meta["consolidated_metadata"]["metadata"]["samples"]["shape"] == [6, 3]

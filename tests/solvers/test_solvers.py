@@ -40,20 +40,77 @@ def test_observed_convergence_order(gmm, name, order, tol):
     assert abs(slope - order) < tol, f"{name}: observed order {slope:.2f}, errors {errs}"
 
 
-@pytest.mark.parametrize("name", SOLVERS)
-def test_every_solver_samples_the_prior(gmm, name):
-    """Sampled mean and per-mode mass match the exact mixture (4000 particles, 50 steps)."""
+#: First-order solvers: their variance bias on this prior falls like 1/steps (measured with 40k-100k
+#: draws, relative to the exact variance: ddpm -17% / -10% / -5% / -2.3% at 50 / 100 / 200 / 400
+#: steps, ddim -10% at 50 and -1.5% at 400, hb -5% at 50, diffpir -12% / -4% / -3% at 50 / 200 / 800,
+#: where its fixed fresh-noise fraction zeta = 0.1 leaves a small residual), too much for the sampling
+#: tolerance at 50 steps; their variance is checked at 400 steps instead.
+VARIANCE_STEPS = {"ddim": 400, "ddpm": 400, "diffpir": 400, "hb": 400}
+#: Solvers whose variance does not converge to the prior's as steps grow (a property of the kernel,
+#: measured at 50 to 800 steps): the check is expected to fail; if it passes, remove the entry.
+KNOWN_VARIANCE_BIAS = {
+    "ddrm": "DDRM's unobserved-coordinate kernel draws a fixed fraction eta^2 = 0.72 of fresh noise at "
+    "every step, however small the step, so the x0 estimate's missing variance is never recovered: "
+    "-15% to -30% at 50 to 800 steps (eta=0 is ddim and converges)",
+    "dualfast": "the reduction term c_t (D - D_ref) pushes every prediction away from the first one and does "
+    "not vanish as steps grow: variance +27% to +36% at 50 to 800 steps (coefficient=0 matches the prior)",
+}
+N_PRIOR = 4000
+
+
+def exact_covariance(gmm):
+    """Σ_k w_k (Σ_k + μ_k μ_kᵀ) − μμᵀ of the mixture."""
+    w = gmm.log_weights.exp()
+    mean = (w[:, None] * gmm.means).sum(0)
+    second = (w[:, None, None] * (gmm.covs + gmm.means[:, :, None] * gmm.means[:, None, :])).sum(0)
+    return second - torch.outer(mean, mean)
+
+
+@pytest.fixture(scope="module")
+def covariance_tolerance(gmm):
+    """Exact covariance and the allowed deviation of a sample covariance of N_PRIOR draws.
+
+    Sampling part: 4.5 standard deviations of the sample covariance of N_PRIOR exact draws,
+    the standard deviation measured over 300 exact sample sets (about 2% of the variance per
+    dimension; a mixture's fourth moment makes it differ from the Gaussian sqrt(2/n) = 2.2%).
+    Discretisation part: 2.5% of sqrt(var_i var_j), the largest bias measured at 50 steps for
+    the higher-order solvers (timeshift -2.0%, ghvb +1.0%, dpmpp_2m +0.7%, against a 2000-step
+    reference on the same x_T) and at 400 steps for the first-order ones (VARIANCE_STEPS).
+    """
+    g = torch.Generator().manual_seed(123)
+    covs = torch.stack([gmm.sample(N_PRIOR, g).T.cov() for _ in range(300)])
+    exact = exact_covariance(gmm)
+    scale = exact.diagonal().sqrt()
+    return exact, 4.5 * covs.std(0) + 0.025 * torch.outer(scale, scale)
+
+
+def _prior_draws(gmm, name, steps):
     s = gmm.schedule
-    n = 4000
-    noise = PerSampleNoise(range(n))
-    solver = make_solver(name, s)
+    noise = PerSampleNoise(range(N_PRIOR))
     x_t = noise.randn((3,), torch.float64) * float(s.sigma(s.t_max))
-    x = sample(solver, gmm, x_t, s.grid(50, "logsnr"), noise)
+    return sample(make_solver(name, s), gmm, x_t, s.grid(steps, "logsnr"), noise)
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+def test_every_solver_samples_the_prior(gmm, name, covariance_tolerance):
+    """Sampled mean, per-mode mass and covariance match the exact mixture (4000 particles, 50 steps;
+    the covariance of first-order solvers at 400 steps, see VARIANCE_STEPS)."""
+    x = _prior_draws(gmm, name, 50)
     exact_mean = (gmm.log_weights.exp()[:, None] * gmm.means).sum(0)
     # std of the mean of n draws ≤ sqrt(max var ≈ 1.8 / n) ≈ 0.021: allow 4.5 standard errors
     assert torch.allclose(x.mean(0), exact_mean, atol=0.1), (name, x.mean(0), exact_mean)
     frac_right = float((x[:, 0] > 0).double().mean())
     assert abs(frac_right - 0.6) < 0.05
+    if name in VARIANCE_STEPS:
+        x = _prior_draws(gmm, name, VARIANCE_STEPS[name])
+    exact_cov, tol = covariance_tolerance
+    cov = x.T.cov()
+    ok = bool(((cov - exact_cov).abs() <= tol).all())
+    ratio = (cov.diagonal() / exact_cov.diagonal()).tolist()
+    if name in KNOWN_VARIANCE_BIAS:
+        assert not ok, f"{name}: covariance now matches the prior; remove it from KNOWN_VARIANCE_BIAS"
+        pytest.xfail(f"{name}: variance ratio {[round(r, 3) for r in ratio]}: {KNOWN_VARIANCE_BIAS[name]}")
+    assert ok, (name, cov, exact_cov, tol, ratio)
 
 
 def test_stochastic_draws_do_not_depend_on_batch_size(gmm):

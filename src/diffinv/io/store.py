@@ -1,9 +1,16 @@
 """Zarr store helpers: atomic writes, one metadata policy, provenance.
 
-Policy (used everywhere in diffinv): zarr format 3, *unconsolidated* metadata.
-xarray's default consolidation is not part of the zarr v3 specification and warns on
-every write; opening an unconsolidated store of a few arrays costs a few extra small
-reads, which is negligible for one store per job.
+Policy (used everywhere in diffinv): zarr format 3 with *consolidated* metadata (a copy of
+every array's metadata in the root ``zarr.json``), refreshed by every write and append.
+Reason: ``xr.open_zarr(path)`` with default arguments looks for consolidated metadata
+first; on an unconsolidated store it warns (RuntimeWarning) and then lists the directory,
+where the ``.snakemake_timestamp`` file that Snakemake drops into ``directory()`` outputs
+raises a second warning. With consolidated metadata neither happens. Consolidated
+metadata is not (yet) in the zarr v3 specification, so zarr warns when writing it; that
+one warning is silenced here. Zarr format 2 (``.zmetadata``) would open just as quietly
+but would give up v3 for every store. Per-array metadata stays authoritative:
+:func:`open_zarr` reads it (``consolidated=False``), so stores written before this policy
+(unconsolidated) still open, and a stale copy could not mislead diffinv itself.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from diffinv.errors import InputError
 ZARR_FORMAT = 3
 PROVENANCE_ATTR = "provenance"
 _VERSIONED_PACKAGES = ("diffinv", "torch", "numpy", "xarray", "zarr", "diffusers", "h5py")
+# zarr's warning on writing consolidated metadata in format 3 (see the module docstring)
+_V3_CONSOLIDATED_WARNING = "Consolidated metadata is currently not part in the Zarr format 3 specification"
 
 
 @contextmanager
@@ -71,11 +80,20 @@ def portable_strings(ds: xr.Dataset) -> xr.Dataset:
     )
 
 
+@contextmanager
+def _quiet_consolidation() -> Iterator[None]:
+    """Silence only zarr's warning that v3 consolidated metadata is outside the specification."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_V3_CONSOLIDATED_WARNING, category=UserWarning)
+        yield
+
+
 def create_zarr(ds: xr.Dataset, path: str | os.PathLike[str], encoding: Mapping | None = None) -> None:
-    """Write ``ds`` to a new zarr v3 store (not atomic: use inside :func:`atomic_path`)."""
-    portable_strings(ds).to_zarr(
-        path, mode="w", zarr_format=ZARR_FORMAT, consolidated=False, encoding=dict(encoding or {})
-    )
+    """Write ``ds`` to a new consolidated zarr v3 store (not atomic: use inside :func:`atomic_path`)."""
+    with _quiet_consolidation():
+        portable_strings(ds).to_zarr(
+            path, mode="w", zarr_format=ZARR_FORMAT, consolidated=True, encoding=dict(encoding or {})
+        )
 
 
 def write_zarr(ds: xr.Dataset, path: str | os.PathLike[str], encoding: Mapping | None = None) -> Path:
@@ -89,11 +107,14 @@ def append_zarr(ds: xr.Dataset, path: str | os.PathLike[str], append_dim: str) -
     """Append ``ds`` along ``append_dim`` to a store made by :func:`create_zarr` (streaming writers).
 
     Streaming writers should write into a path obtained from :func:`atomic_path` so that
-    the store appears only once complete.
+    the store appears only once complete. xarray reads the existing store's per-array
+    metadata and re-consolidates when the append is done, so after the last append the
+    consolidated copy describes the whole store.
     """
-    portable_strings(ds).to_zarr(
-        path, mode="a", append_dim=append_dim, zarr_format=ZARR_FORMAT, consolidated=False
-    )
+    with _quiet_consolidation():
+        portable_strings(ds).to_zarr(
+            path, mode="a", append_dim=append_dim, zarr_format=ZARR_FORMAT, consolidated=True
+        )
 
 
 def write_zarr_blocks(
@@ -136,6 +157,7 @@ def open_zarr(path: str | os.PathLike[str]) -> xr.Dataset:
     try:
         with warnings.catch_warnings():  # Snakemake's .snakemake_timestamp in directory() outputs
             warnings.filterwarnings("ignore", message=".*snakemake_timestamp.*")
+            # per-array metadata: also opens stores written before consolidation was the policy
             return xr.open_zarr(p, consolidated=False)
     except Exception as exc:  # zarr raises several types for a broken store
         raise InputError(
