@@ -135,3 +135,49 @@ def test_appends_keep_the_consolidated_metadata_current(tmp_path):
         assert _open_strictly(path).sizes["case"] == 2 * (i + 1)
     meta = json.loads((path / "zarr.json").read_text())
     assert meta["consolidated_metadata"]["metadata"]["samples"]["shape"] == [6, 3]
+
+
+def test_an_existing_folder_that_is_not_a_store_is_never_replaced(tmp_path):
+    import xarray as xr
+
+    from diffinv.errors import InputError
+    from diffinv.io.store import write_zarr
+
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "chapter1.tex").write_text("years of work")
+    with pytest.raises(InputError, match="not a store written by diffinv"):
+        write_zarr(xr.Dataset({"a": ("x", [1.0])}), mine)
+    assert (mine / "chapter1.tex").read_text() == "years of work"
+    with pytest.raises(InputError):
+        write_zarr(xr.Dataset({"a": ("x", [1.0])}), ".")
+    assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_a_diffinv_store_is_replaced_and_stale_temporaries_are_cleared(tmp_path):
+    import os
+
+    import xarray as xr
+
+    from diffinv.io.store import is_diffinv_store, open_zarr, provenance, set_provenance, write_zarr
+
+    out = tmp_path / "out.zarr"
+    write_zarr(set_provenance(xr.Dataset({"a": ("x", [1.0])}), provenance(step="t")), out)
+    assert is_diffinv_store(out)
+    dead = _finished_pid()
+    stale = tmp_path / f"out.zarr.tmp-{dead}-abcd1234"
+    stale.mkdir()
+    live = tmp_path / f"out.zarr.tmp-{os.getpid()}-abcd1234"
+    live.mkdir()
+    write_zarr(set_provenance(xr.Dataset({"a": ("x", [2.0])}), provenance(step="t")), out)
+    assert float(open_zarr(out)["a"][0]) == 2.0
+    assert not stale.exists(), "a killed writer's temporary store is removed"
+    assert live.exists(), "a running writer's temporary store is kept"
+
+
+def _finished_pid() -> int:
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid

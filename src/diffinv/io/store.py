@@ -16,6 +16,7 @@ but would give up v3 for every store. Per-array metadata stays authoritative:
 from __future__ import annotations
 
 import datetime as _dt
+import glob
 import json
 import os
 import platform
@@ -46,15 +47,25 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     An interrupted or failing writer leaves no half-written ``path``: the temporary
     path is removed, and an existing ``path`` is replaced only after the new one is
-    complete.
+    complete. An existing folder is replaced only if it is empty or a store diffinv wrote
+    (:func:`is_diffinv_store`); anything else is refused before any work. Temporary
+    siblings left by killed writers (their process is gone) are removed first.
     """
-    final = Path(path)
+    final = Path(path).absolute()
+    if not final.name or final == final.parent:
+        raise InputError(
+            path, "is not a path a new store or file can be written to", "give a new name, e.g. out.zarr"
+        )
+    _check_replaceable(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f"{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    _clear_stale(final)
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
         if final.exists():
-            trash = final.with_name(f"{final.name}.old-{uuid.uuid4().hex[:8]}")
+            if tmp.is_dir():
+                _check_replaceable(final, must_be_store=True)
+            trash = final.with_name(f"{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
             os.replace(final, trash)
             os.replace(tmp, final)
             _remove(trash)
@@ -63,6 +74,55 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             _remove(tmp)
+
+
+def is_diffinv_store(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a zarr store with diffinv's provenance attribute."""
+    p = Path(path)
+    for name, nested in (("zarr.json", True), (".zattrs", False)):
+        meta = p / name
+        if meta.is_file():
+            try:
+                attrs = json.loads(meta.read_text())
+            except (OSError, ValueError):
+                return False
+            attrs = attrs.get("attributes", {}) if nested else attrs
+            return isinstance(attrs, dict) and PROVENANCE_ATTR in attrs
+    return False
+
+
+def _check_replaceable(final: Path, must_be_store: bool = False) -> None:
+    """Refuse to replace a folder that is neither empty nor a diffinv store (or a file by a store)."""
+    if final.is_dir():
+        if is_diffinv_store(final) or not any(p.name != ".snakemake_timestamp" for p in final.iterdir()):
+            return
+    elif not (must_be_store and final.exists()):
+        return
+    raise InputError(
+        final,
+        "exists and is not a store written by diffinv: refusing to replace it",
+        "choose another output path, or move it away yourself",
+    )
+
+
+def _clear_stale(final: Path) -> None:
+    """Remove ``final``'s temporary and old siblings whose writing process no longer exists."""
+    for kind in ("tmp", "old"):
+        prefix = f"{final.name}.{kind}-"
+        for sibling in final.parent.glob(f"{glob.escape(prefix)}*"):
+            owner = sibling.name[len(prefix) :].split("-")[0]
+            if not owner.isdigit() or not _alive(int(owner)):
+                _remove(sibling)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _remove(path: Path) -> None:
