@@ -35,15 +35,27 @@ DEMO_KINDS = {
 
 
 def _options(pairs: Sequence[str]) -> dict[str, object]:
-    """Parse ``key=value`` pairs; values are YAML scalars or lists."""
-    import yaml
+    """Parse ``key=value`` pairs; values are YAML scalars, lists or mappings (see ``parse_value``).
+
+    Raises :class:`DiffinvError` for a malformed pair, a key given twice or a value that is not YAML.
+    """
+    import re
+
+    from diffinv.io.options import parse_value
 
     out: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise DiffinvError(f"option {pair!r}: expected key=value (fix: e.g. --set levels=[500,850])")
-        out[key.replace("-", "_")] = yaml.safe_load(value)
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", key):
+            raise DiffinvError(
+                f"option {pair!r}: {key!r} is not an option name (fix: e.g. --set levels=[500,850])"
+            )
+        name = key.replace("-", "_")
+        if name in out:
+            raise DiffinvError(f"option {name!r} given twice (fix: give each --set key once)")
+        out[name] = parse_value(name, value)
     return out
 
 

@@ -31,10 +31,12 @@ NeXus and 3D inputs are converted ``rows_per_chunk`` detector rows at a time.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import h5py
 import numpy as np
@@ -45,24 +47,37 @@ from diffinv.errors import InputError
 from diffinv.io import options as opt
 from diffinv.io.store import provenance, set_provenance, write_zarr_blocks
 
-OPTIONS = {
-    "layout": "auto (default), lodopab, intensity or nexus",
-    "flat": (
-        "flat field for intensity inputs: TIFF/HDF5 file, number or 'edges' "
-        "(default: the file's own, else edges)"
-    ),
-    "dark": "dark field for intensity inputs: TIFF/HDF5 file or number (default: the file's own, else 0)",
-    "open_beam_width": "detector pixels at each edge used by flat=edges (default 10)",
-    "min_transmission": "transmission clipped below at this value before -log (default 1e-4)",
-    "angle_range": "[start, stop] in degrees for inputs without angles (default [0, 180])",
-    "angle_endpoint": "whether stop of angle_range is itself an angle (default false)",
-    "angle_units": "units of angle datasets without a units attribute: deg (default) or rad",
-    "rows_per_chunk": "detector rows converted per chunk (default: about 64 MB of input)",
-    "data_path": "NeXus: path of the frame stack (default: found)",
-    "image_key_path": "NeXus: path of image_key (default: found)",
-    "angles_path": "NeXus: path of the rotation angles (default: found)",
-}
 LAYOUTS = ("lodopab", "intensity", "nexus")
+OPTIONS = {
+    "layout": opt.Option(Literal[("auto", *LAYOUTS)], "auto (default), lodopab, intensity or nexus"),
+    "flat": opt.Option(
+        float | Literal["edges"] | opt.FilePath,
+        "flat field for intensity inputs: TIFF/HDF5 file, number or 'edges' "
+        "(default: the file's own, else edges)",
+    ),
+    "dark": opt.Option(
+        float | opt.FilePath,
+        "dark field for intensity inputs: TIFF/HDF5 file or number (default: the file's own, else 0)",
+    ),
+    "open_beam_width": opt.Option(
+        opt.PositiveInt, "detector pixels at each edge used by flat=edges (default 10)"
+    ),
+    "min_transmission": opt.Option(
+        Annotated[float, opt.POSITIVE], "transmission clipped below at this value before -log (default 1e-4)"
+    ),
+    "angle_range": opt.Option(
+        opt.FloatPair, "[start, stop] in degrees for inputs without angles (default [0, 180])"
+    ),
+    "angle_endpoint": opt.Option(bool, "whether stop of angle_range is itself an angle (default false)"),
+    "angle_units": opt.Option(str, "units of angle datasets without a units attribute: deg (default) or rad"),
+    "rows_per_chunk": opt.Option(
+        opt.PositiveInt, "detector rows converted per chunk (default: about 64 MB of input)"
+    ),
+    "data_path": opt.Option(str, "NeXus: path of the frame stack (default: found)"),
+    "image_key_path": opt.Option(str, "NeXus: path of image_key (default: found)"),
+    "angles_path": opt.Option(str, "NeXus: path of the rotation angles (default: found)"),
+}
+_FIX_NONFINITE = "exclude or repair the file: projection data must be finite"
 
 #: LoDoPaB-CT constants (dival ``LoDoPaBDataset``).
 LODOPAB_MU_MAX = 81.35858
@@ -122,6 +137,7 @@ def _angles_from_range(n: int, options: dict[str, Any]) -> np.ndarray:
 
 def _to_radians(values: np.ndarray, units: str, where: str) -> np.ndarray:
     """Angles in radians from ``units`` (deg or rad); ``where`` names the dataset in errors."""
+    opt.check_finite(where, "the angles", values, _FIX_NONFINITE)
     if units.lower() in ("deg", "degree", "degrees"):
         return np.deg2rad(values)
     if units.lower() in ("rad", "radian", "radians"):
@@ -201,10 +217,22 @@ def _lodopab(path: Path, options: dict[str, Any]) -> Scan:
         n, n_angles, n_det = data.shape
     half = LODOPAB_HALF_WIDTH * np.sqrt(2.0)
     truth = path.with_name(path.name.replace("observation", "ground_truth", 1))
+    has_truth = "observation" in path.name and truth.exists()
+    if has_truth:
+        with _h5(truth) as f:
+            shape = getattr(f.get("data"), "shape", None)
+        if shape is None or len(shape) != 3 or shape[0] != n:
+            raise InputError(
+                truth,
+                f"ground truth 'data' has shape {shape} for the {n} samples of {path.name}",
+                "pass the ground_truth file of the same split and part as the observations",
+            )
 
     def read(start: int, stop: int) -> np.ndarray:
         with _h5(path) as f:
-            return np.asarray(f["data"][start:stop], dtype=np.float32)
+            block = np.asarray(f["data"][start:stop], dtype=np.float32)
+        opt.check_finite(path, f"dataset 'data' (samples {start}-{stop - 1})", block, _FIX_NONFINITE)
+        return block
 
     return Scan(
         path,
@@ -222,7 +250,7 @@ def _lodopab(path: Path, options: dict[str, Any]) -> Scan:
             "image_extent": 2 * LODOPAB_HALF_WIDTH,
             "quantity": "-ln(I/I0)/mu_max: line integrals of the attenuation normalised by mu_max, in m",
         },
-        truth=truth if "observation" in path.name and truth.exists() else None,
+        truth=truth if has_truth else None,
     )
 
 
@@ -245,20 +273,32 @@ def _load_array(path: Path, what: str) -> np.ndarray:
     if not path.is_file():
         raise InputError(path, f"{what} file not found", f"fix the {what} option")
     if _magic(path)[:4] in _TIFF_MAGIC:
-        try:
-            return tifffile.imread(path)
-        except Exception as exc:  # tifffile raises several types for corrupt files
-            raise InputError(
-                path, f"unreadable TIFF ({type(exc).__name__}: {exc})", "the file is truncated or corrupt"
-            ) from exc
-    with _h5(path) as f:
+        with _quiet_tifffile(), opt.reading(path, "unreadable TIFF"):
+            image = tifffile.imread(path)
+        opt.check_finite(path, f"the {what} image", image, _FIX_NONFINITE)
+        return image
+    with _h5(path) as f, opt.reading(path, "unreadable HDF5 data"):
         if not isinstance(f.get("data"), h5py.Dataset):
             raise InputError(
                 path,
                 f"no dataset 'data' (has {sorted(f.keys())})",
                 f"pass a TIFF or an HDF5 file with 'data' as {what}",
             )
-        return f["data"][()]
+        data = f["data"][()]
+    opt.check_finite(path, f"dataset 'data' ({what})", data, _FIX_NONFINITE)
+    return data
+
+
+@contextmanager
+def _quiet_tifffile() -> Iterator[None]:
+    """Mute tifffile's log lines about corrupt files: the reader reports them as one InputError."""
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _mean_frames(arr: np.ndarray, detector: tuple[int, ...]) -> np.ndarray:
@@ -284,7 +324,9 @@ def _intensity(path: Path, options: dict[str, Any]) -> Scan:
         with _h5(path) as f:
             for name in own:
                 if name in f:
-                    own[name] = _mean_frames(f[name][()], detector)
+                    frames = f[name][()]
+                    opt.check_finite(path, f"dataset {name!r}", frames, _FIX_NONFINITE)
+                    own[name] = _mean_frames(frames, detector)
             if "angles" in f:
                 angles = _to_radians(
                     f["angles"][()],
@@ -341,27 +383,39 @@ def _rows(value: np.ndarray | float, start: int, stop: int) -> np.ndarray | floa
 # --- NeXus ----------------------------------------------------------------------------------------
 
 
-def _walk(group: h5py.Group, prefix: str = "") -> Iterator[tuple[str, h5py.Dataset]]:
-    """All datasets below ``group`` (following links; broken external links skipped)."""
+def _walk(
+    group: h5py.Group, prefix: str = "", broken: list[str] | None = None
+) -> Iterator[tuple[str, h5py.Dataset]]:
+    """All datasets below ``group`` (following links); broken links are skipped, listed in ``broken``."""
     for key in group:
+        name = f"{prefix}/{key}"
         try:
             obj = group[key]
         except (KeyError, OSError):
+            link = group.get(key, getlink=True)
+            if broken is not None:
+                broken.append(link.filename if isinstance(link, h5py.ExternalLink) else name)
             continue
-        name = f"{prefix}/{key}"
         if isinstance(obj, h5py.Dataset):
             yield name, obj
         elif isinstance(obj, h5py.Group):
-            yield from _walk(obj, name)
+            yield from _walk(obj, name, broken)
 
 
 def _nexus_paths(f: h5py.File, path: Path, options: dict[str, Any]) -> tuple[str, str, str]:
-    datasets = dict(_walk(f))
+    broken: list[str] = []
+    datasets = dict(_walk(f, broken=broken))
     stacks = {n: d for n, d in datasets.items() if d.ndim == 3 and d.shape[0] > 1}
     keys = {n: d for n, d in datasets.items() if n.rsplit("/", 1)[-1] == "image_key" and d.ndim == 1}
     data = options.get("data_path") or next(
         (n for n, d in stacks.items() if any(len(k) == d.shape[0] for k in keys.values())), None
     )
+    if data is None and broken:
+        raise InputError(
+            path,
+            f"no 3D frame stack, and links point to missing files: {', '.join(sorted(set(broken))[:4])}",
+            "keep the linked files beside the NeXus file, as in the scan's original folder",
+        )
     if data is None or data not in datasets:
         raise InputError(
             path,
@@ -406,8 +460,9 @@ def _nexus(path: Path, options: dict[str, Any]) -> Scan:
     width = int(options.get("open_beam_width", 10))
 
     def frames(dset: h5py.Dataset, index: np.ndarray, start: int, stop: int) -> np.ndarray:
-        block = dset[index.min() : index.max() + 1, start:stop]
-        return block[index - index.min()]
+        block = dset[index.min() : index.max() + 1, start:stop][index - index.min()]
+        opt.check_finite(path, f"dataset {data_path!r} (rows {start}-{stop - 1})", block, _FIX_NONFINITE)
+        return block
 
     def read(start: int, stop: int) -> np.ndarray:
         with _h5(path) as f:
@@ -455,7 +510,8 @@ def open_scan(path: str | Path, **options: Any) -> Scan:
         layout = detect_layout(path)
     if layout not in LAYOUTS:
         raise InputError(path, f"unknown layout {layout!r}", f"set layout= one of auto, {', '.join(LAYOUTS)}")
-    return {"lodopab": _lodopab, "intensity": _intensity, "nexus": _nexus}[layout](path, options)
+    with opt.reading(path):
+        return {"lodopab": _lodopab, "intensity": _intensity, "nexus": _nexus}[layout](path, options)
 
 
 def _dataset(scan: Scan, sino: np.ndarray, truth: np.ndarray | None) -> xr.Dataset:
@@ -498,9 +554,14 @@ def _blocks(scan: Scan, rows_per_chunk: int | None) -> Iterator[xr.Dataset]:
         stop = min(start + step, scan.n_projection)
         truth = None
         if scan.truth is not None:
-            with _h5(scan.truth) as f:
+            with _h5(scan.truth) as f, opt.reading(scan.truth):
                 truth = np.asarray(f["data"][start:stop], np.float32)
-        yield _dataset(scan, scan.read(start, stop), truth)
+            opt.check_finite(
+                scan.truth, f"dataset 'data' (samples {start}-{stop - 1})", truth, _FIX_NONFINITE
+            )
+        with opt.reading(scan.path, f"projections {start}-{stop - 1} unreadable"):
+            sinogram = scan.read(start, stop)
+        yield _dataset(scan, sinogram, truth)
 
 
 def read_ct(path: str | Path, **options: Any) -> xr.Dataset:
@@ -553,6 +614,7 @@ def ingest(inputs: list[Path], out: Path, **options: Any) -> Path:
     **options
         See :data:`OPTIONS`.
     """
+    opt.check_options("ingest ct", options, OPTIONS)
     files = opt.input_files(inputs, (".hdf5", ".h5", ".nxs", ".tif", ".tiff"), "CT projection")
     scans = [open_scan(p, **options) for p in files if not p.name.startswith("ground_truth_")]
     first = scans[0]

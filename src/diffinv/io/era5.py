@@ -30,29 +30,46 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
+import mmap
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Annotated, Any, Literal
 
 import numpy as np
 import xarray as xr
+import zarr
 
 from diffinv.errors import InputError
 from diffinv.io import options as opt
 from diffinv.io.store import provenance, set_provenance, write_zarr_blocks
 
 OPTIONS = {
-    "variables": "list of variable names to keep (short names, e.g. [t, z])",
-    "levels": "list of pressure levels to keep, hPa",
-    "time": "[start, stop] ISO dates, both included",
-    "lat": "[south, north] latitude box in degrees",
-    "lon": "[west, east] longitude box in degrees, either convention",
-    "lon_convention": "longitudes of the output: -180..180 (default) or 0..360",
-    "time_chunk": "time steps converted and written per chunk (default: about 64 MB per chunk)",
-    "grib_filter": (
-        "cfgrib filter_by_keys for GRIB files that mix level types, e.g. {typeOfLevel: isobaricInhPa}"
+    "variables": opt.Option(list[str] | str, "list of variable names to keep (short names, e.g. [t, z])"),
+    "levels": opt.Option(list[float] | float, "list of pressure levels to keep, hPa"),
+    "time": opt.Option(opt.DateRange, "[start, stop] ISO dates, both included"),
+    "lat": opt.Option(opt.FloatPair, "[south, north] latitude box in degrees"),
+    "lon": opt.Option(opt.FloatPair, "[west, east] longitude box in degrees, either convention"),
+    "lon_convention": opt.Option(
+        Literal[opt.LON_CONVENTIONS], "longitudes of the output: -180..180 (default) or 0..360"
     ),
-    "climatology_year": "nominal year for files with a month axis instead of time (default 2000)",
+    "time_chunk": opt.Option(
+        opt.PositiveInt, "time steps converted and written per chunk (default: about 64 MB per chunk)"
+    ),
+    "grib_filter": opt.Option(
+        dict[str, Any],
+        "cfgrib filter_by_keys for GRIB files that mix level types, e.g. {typeOfLevel: isobaricInhPa}",
+    ),
+    "climatology_year": opt.Option(
+        Annotated[int, opt.NS_YEAR],
+        "nominal year for files with a month axis instead of time (default 2000)",
+    ),
+    "allow_missing_chunks": opt.Option(
+        bool,
+        "zarr inputs: read chunks absent from the store as the fill value (default false: refuse, "
+        "since a lost chunk cannot be told from one left out on purpose)",
+    ),
 }
 
 #: Dimension order of the schema.
@@ -91,35 +108,191 @@ def _consolidated(path: Path) -> bool:
     return meta.exists() and json.loads(meta.read_text()).get("consolidated_metadata") is not None
 
 
-def open_era5(path: str | Path, grib_filter: dict[str, Any] | None = None) -> xr.Dataset:
-    """Open one netCDF, GRIB or zarr input lazily, as it comes (no normalisation)."""
+def open_era5(
+    path: str | Path, grib_filter: dict[str, Any] | None = None, allow_missing_chunks: bool = False
+) -> xr.Dataset:
+    """Open one netCDF, GRIB or zarr input lazily, as it comes (no normalisation).
+
+    The input is checked against its own metadata first: netCDF classic files must be as long
+    as their header says, GRIB messages complete, zarr chunks present (unless
+    ``allow_missing_chunks``).
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(path, "no such file or folder", "fix the path")
-    try:
+    with opt.reading(path), warnings.catch_warnings():
+        # int16 fields with a NaN _FillValue (legacy ERA-Interim files): no int16 value can match it
+        warnings.filterwarnings("ignore", "variable .* non-conforming '_FillValue'", xr.SerializationWarning)
         if path.is_dir():
+            _check_zarr(path, allow_missing_chunks)
             return xr.open_dataset(path, engine="zarr", chunks=None, consolidated=_consolidated(path))
         with open(path, "rb") as fh:
             magic = fh.read(8)
         if magic[:4] == b"GRIB":
+            _check_grib(path)
             return _open_grib(path, grib_filter)
         if magic[:3] == b"CDF":
+            _check_netcdf3(path)
             return xr.open_dataset(path, engine="netcdf4", chunks=None)
         if magic[:8] == b"\x89HDF\r\n\x1a\n":  # netCDF-4: h5py's small chunk cache keeps memory to a chunk
             return xr.open_dataset(path, engine="h5netcdf", chunks=None)
-    except InputError:
-        raise
-    except Exception as exc:  # the backends raise many types for corrupt input
-        raise InputError(
-            path,
-            f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
-            "the file is truncated or corrupt; download it again",
-        ) from exc
     raise InputError(
         path,
         f"unknown format (first bytes {magic[:4]!r}): expected netCDF, GRIB or a zarr folder",
         "pass ERA5 netCDF, GRIB or zarr",
     )
+
+
+# --- completeness checks against the file's own metadata ------------------------------------
+
+#: Bytes per value of the netCDF classic types (1 byte .. 6 double; 7..11: CDF-5 only).
+_NC_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 4, 6: 8, 7: 1, 8: 2, 9: 4, 10: 8, 11: 8}
+_NC_DIMENSION, _NC_VARIABLE, _NC_ATTRIBUTE = 10, 11, 12
+
+
+def _netcdf3_size(fh: IO[bytes], size: int) -> int:
+    """Bytes a netCDF classic file (CDF-1, CDF-2 or CDF-5) must hold according to its header.
+
+    The header (netCDF classic format specification) lists the dimension lengths, the number of
+    records and each variable's type, dimensions and data offset; the file must reach the end
+    of the last variable's last record. Raises EOFError, ValueError, KeyError or IndexError for a
+    header that is cut short or corrupt.
+    """
+
+    def take(n: int) -> bytes:
+        if fh.tell() + n > size:
+            raise EOFError("the header ends early")
+        return fh.read(n)
+
+    version = take(4)[3]
+    if version not in (1, 2, 5):
+        raise ValueError(f"unknown netCDF classic format version {version}")
+    width = 8 if version == 5 else 4  # CDF-5 counts and lengths are 64-bit
+
+    def number(n: int = width) -> int:
+        return int.from_bytes(take(n), "big")
+
+    def skip_name() -> None:
+        n = number()
+        take(n + -n % 4)
+
+    def listing(tag: int) -> int:
+        found, n = number(4), number()
+        if found != tag and (found, n) != (0, 0):
+            raise ValueError(f"list tag {found} where {tag} or absent was expected")
+        return n
+
+    def skip_attributes() -> None:
+        for _ in range(listing(_NC_ATTRIBUTE)):
+            skip_name()
+            kind = number(4)
+            n = number() * _NC_TYPE_BYTES[kind]
+            take(n + -n % 4)
+
+    records = number()
+    dims = []
+    for _ in range(listing(_NC_DIMENSION)):
+        skip_name()
+        dims.append(number())
+    skip_attributes()
+    variables = []  # (begin, is a record variable, bytes per record or in all)
+    for _ in range(listing(_NC_VARIABLE)):
+        skip_name()
+        shape = [dims[number()] for _ in range(number())]
+        skip_attributes()
+        kind = number(4)
+        number()  # vsize: recomputed below (it saturates for variables over 4 GiB)
+        begin = number(4 if version == 1 else 8)
+        is_record = bool(shape) and shape[0] == 0
+        variables.append((begin, is_record, math.prod(shape[is_record:]) * _NC_TYPE_BYTES[kind]))
+    header = fh.tell()
+    if any(begin < header for begin, _, _ in variables):
+        raise ValueError("a variable's data begins inside the header")
+    sizes = [n for _, is_record, n in variables if is_record]
+    record_bytes = sum(n + -n % 4 for n in sizes) if len(sizes) > 1 else sum(sizes)
+    streaming = records == 2 ** (8 * width) - 1  # the number of records is not recorded
+    ends = [begin + n for begin, is_record, n in variables if not is_record]
+    if records and not streaming:
+        ends += [begin + (records - 1) * record_bytes + n for begin, is_record, n in variables if is_record]
+    return max(ends, default=header)
+
+
+def _check_netcdf3(path: Path) -> None:
+    """Refuse a netCDF classic file shorter than its header declares (a cut download)."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh, opt.reading(path, "netCDF header truncated or corrupt"):
+        expected = _netcdf3_size(fh, size)
+    if size < expected:
+        raise InputError(
+            path,
+            f"truncated or corrupt: its netCDF header declares {expected} bytes, the file has {size}",
+            "the download was cut short; download the file again",
+        )
+
+
+def _check_grib(path: Path) -> None:
+    """Refuse a GRIB file that ends inside a message.
+
+    Section 0 of each message declares its total length (edition 1: 3 bytes at offset 4,
+    edition 2: 8 bytes at offset 8) and the message ends with ``7777``. Bytes between messages
+    (edition 1 pads messages to multiples of 120 bytes) are skipped; after the last complete
+    message only zero padding may follow.
+    """
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        size, pos, count = len(mm), 0, 0
+        while (start := mm.find(b"GRIB", pos)) >= 0:
+            edition = mm[start + 7] if start + 16 <= size else 0
+            length = int.from_bytes(
+                mm[start + 4 : start + 7] if edition == 1 else mm[start + 8 : start + 16], "big"
+            )
+            end = start + length
+            if edition == 1 and length & 0x800000:  # a "large" GRIB 1 message: section 0 has no length
+                following = mm.find(b"GRIB", start + 4)
+                end = mm.rfind(b"7777", start, following if following >= 0 else size) + 4
+            if edition not in (1, 2) or end > size or end < start + 8 or mm[end - 4 : end] != b"7777":
+                raise InputError(
+                    path,
+                    f"GRIB message {count + 1} (at byte {start}) is cut short or corrupt: it declares "
+                    f"{length} bytes, {size - start} remain, and a message ends with '7777'",
+                    "the download was cut short; download the file again",
+                )
+            pos, count = end, count + 1
+        if mm[pos:].strip(b"\0"):
+            raise InputError(
+                path,
+                f"the file ends with {size - pos} bytes after its {count} complete GRIB message(s) "
+                "that are not a message (a message cut short)",
+                "the download was cut short; download the file again",
+            )
+
+
+def _check_zarr(path: Path, allow_missing: bool) -> None:
+    """Refuse a zarr store whose arrays lack chunks that their shape and chunk grid call for.
+
+    The arrays' own metadata is authoritative: a consolidated copy that disagrees with it (stale
+    after an append) is refused too. zarr reads an absent chunk as the array's fill value, so a
+    lost chunk file would become silent NaN or fill values; ``allow_missing`` accepts stores
+    that leave chunks out on purpose.
+    """
+    arrays = dict(zarr.open_group(path, mode="r", use_consolidated=False).arrays())
+    if _consolidated(path):
+        copy = {name: a.shape for name, a in zarr.open_group(path, mode="r", use_consolidated=True).arrays()}
+        own = {name: a.shape for name, a in arrays.items()}
+        if copy != own:
+            raise InputError(
+                path,
+                f"the consolidated metadata (shapes {copy}) disagrees with the arrays' own ({own})",
+                "consolidate the store's metadata again (zarr.consolidate_metadata)",
+            )
+    for name, array in arrays.items():
+        absent = array.nchunks - array.nchunks_initialized
+        if absent > 0 and not allow_missing:
+            raise InputError(
+                path,
+                f"array {name!r} lacks {absent} of its {array.nchunks} chunks",
+                "restore the missing chunk files (copy or download the store again), or set "
+                "allow_missing_chunks=true if absent chunks stand for the fill value",
+            )
 
 
 def _open_grib(path: Path, grib_filter: dict[str, Any] | None) -> xr.Dataset:
@@ -164,7 +337,14 @@ def _time_axis(ds: xr.Dataset, path: Path, climatology_year: int) -> xr.Dataset:
     if "time" in ds.dims:
         return ds.drop_vars([c for c in ("step",) if c in ds.coords])
     if "month" in ds.dims:
-        months = ds["month"].values.astype(int)
+        months = ds["month"].values
+        if not np.isin(months, np.arange(1, 13)).all():
+            raise InputError(
+                path,
+                f"the month axis holds {months.tolist()}, not months 1-12",
+                "the file is truncated or corrupt; download it again",
+            )
+        months = months.astype(int)
         stamps = np.array([np.datetime64(f"{climatology_year:04d}-{m:02d}-01", "ns") for m in months])
         ds = ds.rename(month="time").assign_coords(
             time=("time", stamps),
@@ -338,7 +518,7 @@ def read_era5(path: str | Path, **options: Any) -> xr.Dataset:
     """
     opt.check_options("ingest era5", options, OPTIONS)
     path = Path(path)
-    ds = open_era5(path, options.get("grib_filter"))
+    ds = open_era5(path, options.get("grib_filter"), options.get("allow_missing_chunks", False))
     ds = _normalise(ds, path, int(options.get("climatology_year", 2000)))
     ds = _select(ds, path, options)
     if not all(ds.sizes.values()) or not ds.data_vars:
@@ -348,10 +528,11 @@ def read_era5(path: str | Path, **options: Any) -> xr.Dataset:
     return ds
 
 
-def _chunks(ds: xr.Dataset, time_chunk: int) -> Iterator[xr.Dataset]:
+def _chunks(ds: xr.Dataset, path: Path, time_chunk: int) -> Iterator[xr.Dataset]:
     """Load and yield ``time_chunk`` time steps at a time as float32 with no on-disk encoding."""
     for start in range(0, ds.sizes["time"], time_chunk):
-        block = ds.isel(time=slice(start, start + time_chunk)).load()
+        with opt.reading(path, f"data of time steps from {start} unreadable"):
+            block = ds.isel(time=slice(start, start + time_chunk)).load()
         block = block.assign({k: v.astype(np.float32) for k, v in block.data_vars.items()})
         for var in block.variables.values():
             var.encoding = {}
@@ -403,7 +584,7 @@ def ingest(inputs: list[Path], out: Path, **options: Any) -> Path:
         v.dtype.itemsize * v.size // max(first.sizes["time"], 1) for v in first.data_vars.values()
     )
     time_chunk = int(options.get("time_chunk") or max(1, _CHUNK_BYTES // max(step_bytes, 1)))
-    blocks = itertools.chain.from_iterable(_chunks(ds, time_chunk) for ds, _ in datasets)
+    blocks = itertools.chain.from_iterable(_chunks(ds, path, time_chunk) for ds, path in datasets)
     head = next(blocks)
     set_provenance(
         head,

@@ -28,6 +28,7 @@ import numpy as np
 import xarray as xr
 
 from diffinv.errors import InputError
+from diffinv.io import options as opt
 from diffinv.io.store import provenance, set_provenance, write_zarr_blocks
 
 NS = {"m": "http://www.ismrm.org/ISMRMRD"}
@@ -80,13 +81,18 @@ def _centre_slice(n: int, keep: int) -> slice:
     return slice(start, start + keep)
 
 
-def read_file(path: Path, kspace_crop: Sequence[int] | None = None) -> xr.Dataset:
+#: ``kspace_crop``: the central k-space block ``[h, w]`` to keep.
+KspaceCrop = tuple[opt.PositiveInt, opt.PositiveInt]
+
+
+def read_file(path: Path, kspace_crop: KspaceCrop | None = None) -> xr.Dataset:
     """One fastMRI file as an xarray Dataset on the reconstruction grid (see module doc)."""
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        raise InputError(path, f"not a readable HDF5 file ({exc})", "re-download or regenerate it") from exc
-    with f:
+        text = " ".join(str(exc).split())
+        raise InputError(path, f"not a readable HDF5 file ({text})", "re-download or regenerate it") from exc
+    with f, opt.reading(path, "unreadable HDF5 data"):
         if "kspace" not in f:
             raise InputError(
                 path,
@@ -95,7 +101,9 @@ def read_file(path: Path, kspace_crop: Sequence[int] | None = None) -> xr.Datase
             )
         if "ismrmrd_header" not in f:
             raise InputError(
-                path, "no 'ismrmrd_header' dataset", "give original fastMRI .h5 files, which carry the header"
+                path,
+                "no 'ismrmrd_header' dataset",
+                "give original fastMRI .h5 files, which carry the header",
             )
         header = parse_header(f["ismrmrd_header"][()], path)
         ds = f["kspace"]
@@ -112,8 +120,7 @@ def read_file(path: Path, kspace_crop: Sequence[int] | None = None) -> xr.Datase
         attrs = dict(f.attrs)
     if kspace.ndim == 3:
         kspace = kspace[:, None]
-    if not np.isfinite(kspace).all():
-        raise InputError(path, "'kspace' contains NaN or infinite values", "exclude or repair this file")
+    opt.check_finite(path, "'kspace'", kspace, "exclude or repair this file")
     slices, coils, height, width = kspace.shape
     if file_mask is not None and file_mask.shape != (width,):
         raise InputError(
@@ -121,10 +128,15 @@ def read_file(path: Path, kspace_crop: Sequence[int] | None = None) -> xr.Datase
             f"'mask' has shape {file_mask.shape}, k-space has {width} columns",
             "the mask must be 1D over the phase-encode columns",
         )
-    if target is not None and (target.ndim != 3 or target.shape[0] != slices):
+    if target is not None and target.shape != (slices, *header.recon):
         raise InputError(
-            path, f"'{target_name}' has shape {target.shape} for {slices} slices", "expected (slices, y, x)"
+            path,
+            f"'{target_name}' has shape {target.shape}, expected {(slices, *header.recon)} "
+            f"({slices} k-space slices, header reconSpace matrix {header.recon[0]}x{header.recon[1]})",
+            "the file is corrupt or was edited; download it again",
         )
+    if target is not None:
+        opt.check_finite(path, f"'{target_name}'", target, "exclude or repair this file")
     # remove readout oversampling: crop the image along the readout axis
     if header.encoded[0] > header.recon[0] and height == header.encoded[0]:
         image = _ifft1c(kspace, axis=2)[:, :, _centre_slice(height, header.recon[0])]
@@ -182,7 +194,7 @@ def find_files(inputs: Sequence[Path]) -> list[Path]:
     return files
 
 
-def iter_files(files: Sequence[Path], kspace_crop: Sequence[int] | None) -> Iterator[xr.Dataset]:
+def iter_files(files: Sequence[Path], kspace_crop: KspaceCrop | None) -> Iterator[xr.Dataset]:
     """Read files one at a time (memory bounded by one file), checking they share one grid."""
     first: xr.Dataset | None = None
     for path in files:
@@ -199,12 +211,13 @@ def iter_files(files: Sequence[Path], kspace_crop: Sequence[int] | None) -> Iter
         yield ds
 
 
-def ingest(inputs: Sequence[Path], out: Path, kspace_crop: Sequence[int] | None = None) -> Path:
+def ingest(inputs: Sequence[Path], out: Path, kspace_crop: KspaceCrop | None = None) -> Path:
     """Ingest fastMRI files or folders into one zarr store, streaming file by file.
 
     All files must share the reconstruction-grid shape (use ``kspace_crop`` to bring
     files of different widths to one grid). Written atomically.
     """
+    opt.check_arguments("ingest fastmri", ingest, {"kspace_crop": kspace_crop})
     files = find_files(inputs)
     record = provenance(
         step="ingest fastmri", source_files=[str(f) for f in files], options={"kspace_crop": kspace_crop}

@@ -175,12 +175,14 @@ DERIVED = Layout(
 )
 
 OPTIONS = {
-    "time": "[start, stop] ISO dates of the nominal observation time, both included",
-    "lat": "[south, north] station latitude box in degrees",
-    "lon": "[west, east] station longitude box in degrees, either convention",
-    "stations": "list of IGRA station ids to keep",
-    "station_list": "igra2-station-list.txt giving coordinates to derived files",
-    "block_soundings": "soundings parsed and written per block (default 500)",
+    "time": opt.Option(
+        opt.DateRange, "[start, stop] ISO dates of the nominal observation time, both included"
+    ),
+    "lat": opt.Option(opt.FloatPair, "[south, north] station latitude box in degrees"),
+    "lon": opt.Option(opt.FloatPair, "[west, east] station longitude box in degrees, either convention"),
+    "stations": opt.Option(list[str], "list of IGRA station ids to keep"),
+    "station_list": opt.Option(opt.FilePath, "igra2-station-list.txt giving coordinates to derived files"),
+    "block_soundings": opt.Option(opt.PositiveInt, "soundings parsed and written per block (default 500)"),
 }
 
 _TIME_ENCODING = {"units": "seconds since 1970-01-01", "dtype": "int64"}
