@@ -24,10 +24,16 @@ class ConfigError(DiffinvError):
     """Bad configuration: names the key and the fix."""
 
 
+class OptionRangeError(ConfigError):
+    """A plug-in option outside its meaningful range (checked when the config is validated)."""
+
+
 def check_range(
     owner: str, name: str, value: float, low: float | None = None, high: float | None = None
 ) -> None:
     """ConfigError unless ``low <= value <= high`` (either bound may be open)."""
     if (low is not None and value < low) or (high is not None and value > high):
         span = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
-        raise ConfigError(f"{owner}: {name} must lie in {span}, got {value!r} (fix: give a value in {span})")
+        raise OptionRangeError(
+            f"{owner}: {name} must lie in {span}, got {value!r} (fix: give a value in {span})"
+        )

@@ -16,7 +16,7 @@ import typing
 from importlib.metadata import entry_points
 from typing import Any, Literal, Union, get_args, get_origin
 
-from diffinv.errors import ConfigError
+from diffinv.errors import ConfigError, OptionRangeError
 
 GROUPS = {"solver": "diffinv.solvers", "guidance": "diffinv.guidance", "search": "diffinv.search"}
 #: Leading arguments that make_solver / make_guidance / make_search pass themselves (not options).
@@ -226,7 +226,7 @@ def _check_values(kind: str, cls: type, options: dict[str, Any], path: str) -> N
     args: tuple[Any, ...] = (VPSchedule(),) if kind == "solver" else (None, None)
     try:
         cls(*args, **options)
-    except ConfigError as exc:
+    except OptionRangeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     except Exception:  # noqa: BLE001 - needs real data to be built; the job checks it then
         return

@@ -60,9 +60,10 @@ def test_posterior_does_not_depend_on_batch_size(store, prior):
     method = Method("ddpm", "dds", guidance_options={"cg_steps": 2})
     runs = [reconstruct(cases, prior, 4, method, _sampling(batch_size=b), 0.08, 7, "cpu", {}) for b in (4, 1)]
     # Same seeds give the same draws; float32 convolutions pick batch-size-dependent
-    # kernels, whose rounding (~1e-7) grows to ~5e-5 over a trajectory (measured), far
+    # kernels, whose rounding (~1e-7) grows over a trajectory through this untrained
+    # network: 5e-5 to 1.03e-3 depending on the draws and thread count (measured), far
     # below the O(1) difference that another seed makes.
-    np.testing.assert_allclose(runs[0]["samples"].values, runs[1]["samples"].values, atol=1e-3)
+    np.testing.assert_allclose(runs[0]["samples"].values, runs[1]["samples"].values, atol=3e-3)
     other_seed = reconstruct(cases, prior, 4, method, _sampling(batch_size=4), 0.08, 8, "cpu", {})
     assert not np.allclose(other_seed["samples"].values, runs[0]["samples"].values)
 

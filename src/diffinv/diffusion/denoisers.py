@@ -6,7 +6,8 @@ benchmarks) and :class:`NetworkDenoiser` (a network predicting ε, x0 or v, conv
 
 from __future__ import annotations
 
-from typing import Literal, Protocol, runtime_checkable
+import hashlib
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +24,85 @@ class Denoiser(Protocol):
     schedule: VPSchedule
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor: ...
+
+
+def content_hash(obj: object) -> str:
+    """SHA-256 of ``obj``'s content: tensors by dtype, shape and bytes, numbers, strings and ``None``
+    by value, sequences and mappings by their items, objects with ``fingerprint()`` by it, other
+    non-callable objects by class and attributes. Raises TypeError on anything else (a function, a
+    module without ``fingerprint()``), where equal content cannot be told apart from equal identity.
+    """
+    h = hashlib.sha256()
+    _feed(h, obj, 0)
+    return h.hexdigest()
+
+
+def _feed(h: Any, obj: object, depth: int) -> None:
+    if depth > 16:
+        raise TypeError("content_hash: nested too deeply (a cycle?)")
+    if obj is None or isinstance(obj, (bool, int, float, complex, str)):
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+    elif isinstance(obj, Tensor):
+        t = obj.detach().cpu().resolve_conj().resolve_neg().contiguous()
+        h.update(f"tensor:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif callable(getattr(obj, "fingerprint", None)):
+        value = obj.fingerprint()  # type: ignore[attr-defined]
+        if value is None:
+            raise TypeError(f"content_hash: {type(obj).__name__} has no fingerprint")
+        h.update(f"fingerprint:{value};".encode())
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"sequence:{len(obj)};".encode())
+        for item in obj:
+            _feed(h, item, depth + 1)
+    elif isinstance(obj, dict):
+        h.update(f"mapping:{len(obj)};".encode())
+        for key in sorted(obj, key=str):
+            _feed(h, str(key), depth + 1)
+            _feed(h, obj[key], depth + 1)
+    elif hasattr(obj, "__dict__") and not callable(obj):
+        h.update(f"object:{type(obj).__module__}.{type(obj).__qualname__};".encode())
+        _feed(h, vars(obj), depth + 1)
+    else:
+        raise TypeError(f"content_hash: cannot hash a {type(obj).__name__}")
+
+
+COUNTS = ("nfe", "rows")  # what counting wrappers (solvers, searches, stages) name their count
+
+
+def counted(D: Denoiser) -> Denoiser:
+    """``D`` seen through counting wrappers (a ``denoiser`` and a count in :data:`COUNTS`: same values)."""
+    while hasattr(D, "denoiser") and any(hasattr(D, c) for c in COUNTS):
+        D = D.denoiser
+    return D
+
+
+def fingerprint(D: Denoiser) -> str | None:
+    """Content hash of the function ``D`` computes, through counting wrappers; ``None`` when unknown.
+
+    A denoiser states its own by a ``fingerprint()`` method (priors: their parameters; guided
+    denoisers: the observation model and the prior); an arbitrary function has none.
+    """
+    own = getattr(counted(D), "fingerprint", None)
+    return own() if callable(own) else None
+
+
+def wrapped(D: Denoiser) -> Denoiser | None:
+    """The denoiser inside ``D`` if ``D`` is a wrapper :func:`rewrap` can rebuild, else ``None``.
+
+    A wrapper exposes ``denoiser`` and either ``rewrap(inner)`` (e.g. a search's evaluation counter)
+    or ``guidance`` (guided denoisers, as guidance plug-ins return them).
+    """
+    inner = getattr(D, "denoiser", None)
+    if inner is None or not (callable(getattr(D, "rewrap", None)) or callable(getattr(D, "guidance", None))):
+        return None
+    return inner
+
+
+def rewrap(D: Denoiser, inner: Denoiser) -> Denoiser:
+    """The wrapper ``D`` (see :func:`wrapped`) rebuilt around ``inner``: by its ``rewrap`` or ``guidance``."""
+    own = getattr(D, "rewrap", None)
+    return own(inner) if callable(own) else D.guidance(inner)  # type: ignore[attr-defined]
 
 
 def _bcast(v: Tensor, like: Tensor) -> Tensor:
@@ -60,6 +140,11 @@ class GaussianMixtureDenoiser:
             self.eigvals, self.eigvecs = torch.linalg.eigh(covs)
             self.eigvals = self.eigvals.clamp_min(0)
         self.dim = d
+
+    def fingerprint(self) -> str:
+        """Content hash of the mixture: schedule, weights, means and covariances."""
+        params = (self.schedule, self.log_weights, self.means, self.eigvals, self.eigvecs)
+        return content_hash(("GaussianMixtureDenoiser", params))
 
     @property
     def covs(self) -> Tensor:
@@ -116,12 +201,30 @@ class NetworkDenoiser(nn.Module):
         self.schedule = schedule
         self.prediction = prediction
         self.clip = clip
+        self._fingerprint: str | None = None
+        self.autocast: torch.dtype | None = None  # network calls under autocast to this dtype (stages.core)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the weights (``state_dict`` in key order), prediction, clip and schedule.
+
+        Computed once: the weights are taken as frozen after the first call.
+        """
+        if self._fingerprint is None:
+            weights = sorted(self.net.state_dict().items())
+            self._fingerprint = content_hash(
+                ("NetworkDenoiser", weights, self.prediction, self.clip, self.schedule)
+            )
+        return self._fingerprint
 
     def raw(self, x: Tensor, t: Tensor) -> Tensor:
         """The network's own output at (x, t)."""
         t = torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(x.shape[0])
-        out = self.net(x, (1000.0 * t).to(x.dtype))
-        return out.sample if hasattr(out, "sample") else out
+        with torch.autocast(
+            x.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None
+        ):
+            out = self.net(x, (1000.0 * t).to(x.dtype))
+        out = out.sample if hasattr(out, "sample") else out
+        return out.to(x.dtype)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         t = torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(x.shape[0])

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffinv.diffusion.denoisers import Denoiser
+from diffinv.diffusion.denoisers import Denoiser, content_hash, fingerprint, rewrap, wrapped
 from diffinv.errors import ConfigError
 from diffinv.operators.base import LinearOperator
 
@@ -35,6 +35,14 @@ class Guidance:
         """x0 estimate of the posterior given x_t."""
         raise NotImplementedError
 
+    def fingerprint(self) -> str | None:
+        """Content hash of the observation model: class, options, operator and y (``None`` if some
+        attribute cannot be hashed, see :func:`~diffinv.diffusion.denoisers.content_hash`)."""
+        try:
+            return content_hash((type(self).__module__, type(self).__qualname__, vars(self)))
+        except TypeError:
+            return None
+
 
 def score_guided(
     D: Denoiser,
@@ -44,7 +52,7 @@ def score_guided(
     weight: float = 1.0,
     alpha_power: float = 0.0,
 ) -> Tensor:
-    """Tweedie-corrected denoiser D + w α_t^k (σ_t²/α_t) ∇_x log p̂(y | x_t), with log p̂ = ``loglik(D(x, t), t)``.
+    """Tweedie-corrected denoiser D + w α_t^k (σ_t²/α_t) ∇_x log p̂(y | x_t), log p̂ = ``loglik(D(x, t), t)``.
 
     The gradient flows through the denoiser (Chung et al. 2023, Eq. 10; Song et al. 2023,
     ΠGDM Eq. 8). ``loglik`` returns one value per particle. k = ``alpha_power`` = 0 is the
@@ -75,6 +83,24 @@ class _Conditional:
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         return self.guidance.conditional(self.denoiser, x, t)
+
+    def fingerprint(self) -> str | None:
+        """Content hash of the observation model and the prior (``None`` if either is unknown)."""
+        own, inner = self.guidance.fingerprint(), fingerprint(self.denoiser)
+        return None if own is None or inner is None else content_hash((own, inner))
+
+
+def split_guidance(D: Denoiser) -> tuple[Guidance | None, Denoiser]:
+    """The outermost guidance inside ``D``, seen through wrappers, and ``D`` without that guidance
+    (the wrappers around it, e.g. a search's evaluation counter, rebuilt around its prior)."""
+    inner = wrapped(D)
+    if inner is None:
+        return None, D
+    guidance = getattr(D, "guidance", None)
+    if isinstance(guidance, Guidance):
+        return guidance, inner
+    found, bare = split_guidance(inner)
+    return found, (D if found is None else rewrap(D, bare))
 
 
 class Unconditional(Guidance):

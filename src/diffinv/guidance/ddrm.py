@@ -17,7 +17,7 @@ from torch import Tensor
 from diffinv.diffusion.denoisers import Denoiser
 from diffinv.diffusion.schedule import VPSchedule
 from diffinv.errors import ConfigError
-from diffinv.guidance.base import Guidance
+from diffinv.guidance.base import Guidance, split_guidance
 from diffinv.operators.base import LinearOperator
 from diffinv.operators.svd import as_svd
 from diffinv.solvers.base import PerSampleNoise, Solver, State, denoise
@@ -88,7 +88,8 @@ def unobserved_step(
 class DDRMSolver(Solver):
     """DDRM's spectral kernel (solver ``ddrm``).
 
-    The full method with guidance ``ddrm``, else its unconditional step.
+    The full method with guidance ``ddrm``, else its unconditional step. The guidance is
+    found through wrappers (e.g. a search's evaluation counter), which are kept around the prior.
     """
 
     cite = "Kawar et al. 2022, DDRM Eq. 7-8"
@@ -105,9 +106,9 @@ class DDRMSolver(Solver):
     ) -> tuple[Tensor, State]:
         a_s, sig_s, a_t, sig_t, _ = self.coefficients(s, t)
         coeffs, z = (a_s, sig_s, a_t, sig_t), noise.randn(x.shape[1:], x.dtype)
-        guidance = getattr(D, "guidance", None)
+        guidance, prior = split_guidance(D)
         if not isinstance(guidance, DDRM):
             x0 = denoise(D, x, s)
             return unobserved_step(x, x0, coeffs, z, self.eta), {"x0": x0}
-        x0 = denoise(D.denoiser, x, s)
+        x0 = denoise(prior, x, s)
         return guidance.transition(x, x0, coeffs, z, self.eta), {"x0": x0}

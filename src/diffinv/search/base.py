@@ -44,13 +44,24 @@ class CountingMemo:
     Search methods often already know D(x, s) for the exact tensor the solver will
     denoise next (the value of the chosen candidate); :meth:`prime` stores it so that the
     solver's own call costs nothing (identity of ``x`` and equality of ``t`` are checked).
+    A solver that rebuilds the denoiser it was given (T-Stitch's small prior, DDRM's prior
+    under its guidance) gets a memo from :meth:`rewrap` that adds to the same count.
     """
 
-    def __init__(self, denoiser: Denoiser) -> None:
+    def __init__(self, denoiser: Denoiser, tally: list[int] | None = None) -> None:
         self.denoiser = denoiser
         self.schedule = denoiser.schedule
-        self.nfe = 0
+        self._tally = [0] if tally is None else tally
         self._primed: tuple[Tensor, float, Tensor] | None = None
+
+    @property
+    def nfe(self) -> int:
+        """Per-particle evaluations so far, by this memo and those rebuilt from it."""
+        return self._tally[0]
+
+    def rewrap(self, inner: Denoiser) -> CountingMemo:
+        """A memo around ``inner`` counting into the same total (the primed value is D's, not kept)."""
+        return CountingMemo(inner, self._tally)
 
     def prime(self, x: Tensor, t: float, x0: Tensor) -> None:
         """Remember that D(x, t) = x0."""
@@ -59,7 +70,7 @@ class CountingMemo:
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         if self._primed is not None and x is self._primed[0] and bool((t == self._primed[1]).all()):
             return self._primed[2]
-        self.nfe += x.shape[0]
+        self._tally[0] += x.shape[0]
         return self.denoiser(x, t)
 
 
@@ -144,7 +155,7 @@ def effective_sample_size(log_w: Tensor) -> Tensor:
 
 
 def systematic_resample(log_w: Tensor, generators: list[torch.Generator], rows: Tensor) -> Tensor:
-    """Flat indices (runs·N,) of a systematic resampling within each row of (runs, N) log-weights (Kitagawa 1996).
+    """Flat indices (runs·N,) of a systematic resampling in each row of (runs, N) log-weights (Kitagawa 1996).
 
     Only the rows where the boolean ``rows`` is set are resampled (the others keep their
     particles); each draws its uniform from its own generator, so a row's result does not
@@ -167,7 +178,7 @@ def systematic_resample(log_w: Tensor, generators: list[torch.Generator], rows: 
 
 
 def pick_per_run(log_w: Tensor, generators: list[torch.Generator]) -> Tensor:
-    """Flat index of one particle per row of (runs, N) log-weights, drawn ∝ exp(log_w) with the row's own generator."""
+    """Flat index of one particle per row of (runs, N) log-weights, drawn ∝ exp(log_w) (row's generator)."""
     probs = torch.softmax(log_w, -1)
     n = log_w.shape[1]
     return torch.stack(
@@ -215,7 +226,8 @@ class SearchMethod:
         n = self.particles_per_run
         if x_T.shape[0] % n:
             raise ConfigError(
-                f"search {type(self).__name__}: x_T has {x_T.shape[0]} rows, not a multiple of {n} particles per run"
+                f"search {type(self).__name__}: x_T has {x_T.shape[0]} rows, "
+                f"not a multiple of {n} particles per run"
             )
         return x_T.shape[0] // n
 

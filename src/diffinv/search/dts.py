@@ -61,16 +61,24 @@ class _Forest:
 
 
 class _KnownRows:
-    """D for a batch where some rows' outputs are already known: only the others are evaluated (and counted)."""
+    """D for a batch where some rows' outputs are already known: only the others are evaluated.
 
-    def __init__(self, counter: CountingMemo, known: list[Tensor | None]) -> None:
-        self.counter, self.known, self.schedule = counter, known, counter.schedule
+    The known rows are the x0 a step from each node returned (``state["x0"]``), that is, of
+    the denoiser the step evaluates, so they carry over when a solver rebuilds it (:meth:`rewrap`).
+    """
+
+    def __init__(self, denoiser: Denoiser, known: list[Tensor | None]) -> None:
+        self.denoiser, self.known, self.schedule = denoiser, known, denoiser.schedule
+
+    def rewrap(self, inner: Denoiser) -> _KnownRows:
+        """The same known rows around ``inner``."""
+        return _KnownRows(inner, self.known)
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         missing = [j for j, k in enumerate(self.known) if k is None]
         if not missing:
             return torch.stack(self.known)  # type: ignore[arg-type]
-        fresh = self.counter(x[missing], t[missing])
+        fresh = self.denoiser(x[missing], t[missing])
         out = [k for k in self.known]
         for j, row in zip(missing, fresh):
             out[j] = row
@@ -167,7 +175,8 @@ class DTS(SearchMethod):
         return max(kids, key=lambda c: forest.value[c] + scale * math.sqrt(log_n / max(1, forest.visits[c])))
 
     def _hopeless(self, forest: _Forest, node: int) -> bool:
-        """Whether a rollout through ``node`` cannot beat the run's best leaf, by the most optimistic gap seen at its depth (times ``prune``)."""
+        """Whether a rollout through ``node`` cannot beat the run's best leaf, by the most optimistic gap
+        seen at its depth (times ``prune``)."""
         r, depth = forest.run[node], forest.depth[node]
         gap = forest.gap[r].get(depth)
         if gap is None or forest.est[node] is None or len(forest.leaves[r]) < 2:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffinv.diffusion.denoisers import Denoiser
+from diffinv.diffusion.denoisers import Denoiser, counted, fingerprint
 from diffinv.diffusion.schedule import VPSchedule
 from diffinv.errors import ConfigError
 from diffinv.io.store import atomic_path
@@ -53,7 +53,7 @@ def reference_trajectory(D: Denoiser, x: Tensor, grid: Tensor, substeps: int) ->
 
 
 def planned_grid(times: list[float] | None, grid: Tensor, owner: str) -> Tensor:
-    """The grid a fitted plan integrates on: its ``times`` (as many as ``grid`` has), or ``grid`` when it keeps it."""
+    """The grid a fitted plan integrates on: its ``times`` (as many as ``grid`` has), or ``grid`` itself."""
     if times is None:
         return grid
     if len(times) != len(grid):
@@ -67,11 +67,17 @@ def config_key(**fields: Any) -> str:
 
 
 class CalibrationCache:
-    """Fitted parameters keyed by configuration in one JSON file (``None``: in memory only)."""
+    """Fitted parameters keyed by configuration in one JSON file (``None``: in memory only).
+
+    A configuration includes the content hash of the denoiser (prior and observation model,
+    :func:`~diffinv.diffusion.denoisers.fingerprint`). Fits of a denoiser without one are
+    kept in memory only, for that object alone.
+    """
 
     def __init__(self, path: str | None) -> None:
         self.path = None if path is None else Path(path)
         self.memory: dict[str, Any] = {}
+        self.anonymous: dict[int, Denoiser] = {}  # denoisers keyed by identity, held so ids stay unique
 
     def _load(self) -> dict[str, Any]:
         if self.path is None or not self.path.exists():
@@ -83,30 +89,46 @@ class CalibrationCache:
                 f"{self.path}: calibration cache is not valid JSON ({exc}) (fix: delete it)"
             ) from exc
 
-    def get(self, key: str) -> Any | None:
-        """The entry stored under ``key``, or ``None``."""
+    def get(self, key: str, persist: bool = True) -> Any | None:
+        """The entry stored under ``key`` (in the file too if ``persist``), or ``None``."""
         if key in self.memory:
             return self.memory[key]
-        return self._load().get(key)
+        return self._load().get(key) if persist else None
 
     def get_or_fit(
-        self, fit: Callable[[], Any], solver: str, grid: Tensor, like: Tensor, **fields: Any
+        self,
+        fit: Callable[[], Any],
+        solver: str,
+        grid: Tensor,
+        like: Tensor,
+        denoiser: Denoiser,
+        **fields: Any,
     ) -> Any:
-        """The entry of this configuration (solver name, grid, particle shape of ``like`` and
-        ``fields``), made by ``fit()`` and stored when missing."""
+        """The entry of this configuration (solver name, grid, particle shape of ``like``, the
+        content hash of ``denoiser`` and ``fields``), made by ``fit()`` and stored when missing."""
+        content = fingerprint(denoiser)
+        persist = content is not None
+        if content is None:  # no content hash: this object's own fits, in memory only
+            subject = counted(denoiser)
+            self.anonymous[id(subject)] = subject
+            content = f"object {id(subject)}"
         key = config_key(
-            solver=solver, grid=[round(float(t), 10) for t in grid], shape=list(like.shape[1:]), **fields
+            solver=solver,
+            grid=[round(float(t), 10) for t in grid],
+            shape=list(like.shape[1:]),
+            denoiser=content,
+            **fields,
         )
-        found = self.get(key)
+        found = self.get(key, persist)
         if found is None:
             found = fit()
-            self.put(key, found)
+            self.put(key, found, persist)
         return found
 
-    def put(self, key: str, value: Any) -> None:
-        """Store ``value`` under ``key`` (the file is rewritten atomically)."""
+    def put(self, key: str, value: Any, persist: bool = True) -> None:
+        """Store ``value`` under ``key`` (and in the file, rewritten atomically, if ``persist``)."""
         self.memory[key] = value
-        if self.path is None:
+        if self.path is None or not persist:
             return
         data = self._load()
         data[key] = value

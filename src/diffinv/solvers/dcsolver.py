@@ -48,8 +48,8 @@ class DCSolver(UniPC):
     reference: third-order UniPC with ``reference_substeps`` per step), fitted greedily step
     by step; since x_i is quadratic in ρ_i the minimiser is exact (the paper runs AdamW on
     the same objective; no network gradient is needed). If the greedy ratios end up worse
-    than ρ ≡ 1 on the calibration batch (seen at ≤ 6 steps), ρ ≡ 1 is kept. Ratios are cached per configuration
-    in ``cache`` (JSON) or given as ``ratios``; ρ ≡ 1 is UniPC.
+    than ρ ≡ 1 on the calibration batch (seen at ≤ 6 steps), ρ ≡ 1 is kept. Ratios are cached per
+    configuration and denoiser in ``cache`` (JSON) or given as ``ratios``; ρ ≡ 1 is UniPC.
     """
 
     cite = "Zhao et al. 2024, DC-Solver Eq. 9-10"
@@ -97,6 +97,7 @@ class DCSolver(UniPC):
             "dc_solver",
             grid,
             x,
+            D,
             order=self.order,
             variant=self.variant,
             substeps=self.reference_substeps,
@@ -109,7 +110,7 @@ class DCSolver(UniPC):
 
     @torch.no_grad()
     def fit(self, D: Denoiser, grid: Tensor, like: Tensor) -> list[float]:
-        """Greedy per-step ratios on one calibration batch shaped like ``like`` (N + 1 NFE beyond the reference)."""
+        """Greedy per-step ratios on a calibration batch like ``like`` (N + 1 NFE beyond the reference)."""
         x = start = calibration_start(
             self.schedule, like, float(grid[0]), self.calibration_seed, self.calibration_size
         )

@@ -44,7 +44,7 @@ def least_squares(columns: list[Tensor], target: Tensor) -> list[float]:
 
 
 class FittedMultistep(Solver):
-    """Linear multistep with fitted coefficients and nodes: x_{i+1} = a_i x_i + σ_{i+1} Σ_{j<k} c_ij D(x_{i−j}).
+    """Linear multistep, fitted coefficients and nodes: x_{i+1} = a_i x_i + σ_{i+1} Σ_{j<k} c_ij D(x_{i−j}).
 
     Generalises D-ODE (Kim, Tang & Yu 2024, arXiv 2309.16421), which distils a many-step
     teacher into one parameter per step of a base solver: here each step is a free linear
@@ -137,7 +137,8 @@ class FittedMultistep(Solver):
         for i, c in enumerate(coefs):
             if len(c) != 1 + min(i + 1, self.depth):
                 raise ConfigError(
-                    f"fitted_lms fit: step {i} needs {1 + min(i + 1, self.depth)} coefficients (history {self.depth}), got {len(c)}"
+                    f"fitted_lms fit: step {i} needs {1 + min(i + 1, self.depth)} coefficients "
+                    f"(history {self.depth}), got {len(c)}"
                 )
         self.fitted = [[float(v) for v in c] for c in coefs]
         return planned_grid(fit.get("times"), grid, "fitted_lms fit")
@@ -150,6 +151,7 @@ class FittedMultistep(Solver):
             "fitted_lms",
             grid,
             x,
+            D,
             history=self.depth,
             warps=self.warps,
             reference_steps=self.reference_steps,
@@ -185,7 +187,8 @@ class FittedMultistep(Solver):
         starts = {g: idx for g in self.warps if (idx := self.node_indices(sch, grid, g, lattice)) is not None}
         if not starts:
             raise ConfigError(
-                f"fitted_lms: every warp {self.warps} puts two of the {steps} steps on one lattice node (fix: add 1.0 to warps)"
+                f"fitted_lms: every warp {self.warps} puts two of the {steps} steps on one lattice node "
+                "(fix: add 1.0 to warps)"
             )
         x = calibration_start(sch, like, float(grid[0]), self.calibration_seed, self.calibration_size)
         teacher = [x]

@@ -95,6 +95,7 @@ class S3(UniPC):
             "s3",
             grid,
             x,
+            D,
             blocks=self.blocks,
             sweeps=self.sweeps,
             substeps=self.reference_substeps,

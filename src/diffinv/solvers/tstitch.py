@@ -8,26 +8,26 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffinv.diffusion.denoisers import Denoiser
+from diffinv.diffusion.denoisers import Denoiser, rewrap, wrapped
 from diffinv.diffusion.schedule import VPSchedule
 from diffinv.errors import ConfigError
 from diffinv.solvers.base import State, WrappedSolver
 
 
 def rebind(D: Denoiser, inner: Denoiser) -> Denoiser:
-    """``D`` with its innermost prior replaced by ``inner``: a guided denoiser (one exposing
-    ``guidance`` and ``denoiser``, as guidance plug-ins return) is rebuilt around ``inner``."""
-    guidance = getattr(D, "guidance", None)
-    if guidance is not None and hasattr(D, "denoiser"):
-        return guidance(rebind(D.denoiser, inner))
-    return inner
+    """``D`` with its innermost prior replaced by ``inner``: every wrapper around it (guidance,
+    a search's evaluation counter; see :func:`~diffinv.diffusion.denoisers.wrapped`) is rebuilt."""
+    outer = wrapped(D)
+    return inner if outer is None else rewrap(D, rebind(outer, inner))
 
 
 class TStitch(WrappedSolver):
     """T-Stitch: the small denoiser drives the first round(r·N) of N steps, then the large one.
 
     Pan et al. 2024 (arXiv 2402.14167), §3: both models share the schedule and the data
-    space. Guidance is kept: a guided denoiser is rebuilt around the small prior.
+    space. Guidance is kept: a guided denoiser is rebuilt around the small prior. The switch
+    is a time of the prepared grid, so steps taken from a fresh state (tree and
+    beam searches) use the right model.
     ``small`` is a denoiser object (Python use) or ``small_checkpoint`` a checkpoint folder
     (config use). r = 0 is the large model alone, r = 1 the small one.
     """
@@ -55,17 +55,16 @@ class TStitch(WrappedSolver):
             raise ConfigError("tstitch: fraction > 0 needs a small denoiser (fix: set small_checkpoint)")
         self.fraction = float(fraction)
         self.small = small
-        self.switch: int | None = None
+        self.switch: float | None = None  # steps from a time above it use the small denoiser
 
     def prepare(self, D: Denoiser, grid: Tensor, x: Tensor) -> Tensor:
-        self.switch = round(self.fraction * (len(grid) - 1))
         if isinstance(self.small, torch.nn.Module):
             self.small.to(x.device)
-        return super().prepare(D, grid, x)
+        grid = super().prepare(D, grid, x)
+        self.switch = float(grid[round(self.fraction * (len(grid) - 1))])
+        return grid
 
     def wrap(self, D: Denoiser, own: State, s: Tensor) -> tuple[Denoiser, State]:
         if self.switch is None:
             raise ConfigError("tstitch: call solver.prepare(D, grid, x) before stepping (sample() does)")
-        index = int(own.get("tstitch_step", 0))
-        use = rebind(D, self.small) if index < self.switch else D
-        return use, {"tstitch_step": index + 1}
+        return (rebind(D, self.small) if float(s) > self.switch else D), {}
