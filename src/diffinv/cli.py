@@ -99,10 +99,20 @@ def _cmd_plugins(args: argparse.Namespace) -> None:
     print(describe_plugins())
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("diffinv")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``diffinv``."""
     parser = argparse.ArgumentParser(prog="diffinv", description=__doc__.splitlines()[0])
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    parser.add_argument("--version", action="version", version=f"diffinv {_version()}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", help="what to do (diffinv VERB --help)")
 
     ingest = verbs.add_parser("ingest", help="read raw files into an analysis-ready zarr store")
     ingest.add_argument(
@@ -122,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         "kind", choices=sorted(DEMO_KINDS), help="; ".join(f"{k}: {v}" for k, v in DEMO_KINDS.items())
     )
     demo.add_argument("-o", "--output", required=True, help="output folder")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="random seed of the generated data (default 0)")
     demo.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="generator option (repeatable)"
     )
@@ -141,6 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``diffinv`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 0
     try:
         args.func(args)
     except DiffinvError as exc:

@@ -99,7 +99,7 @@ def describe_plugins() -> str:
         lines.append(f"{kind}:")
         for name, target in available(kind).items():
             obj = _import(target)
-            summary = (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
+            summary = " ".join((obj.__doc__ or "").strip().split("\n\n")[0].split())
             cite = getattr(obj, "cite", "")
             lines.append(f"  {name:<14} {summary}" + (f"  [{cite}]" if cite else ""))
     return "\n".join(lines)

@@ -91,7 +91,7 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
         ("sample", "posterior sampling of a stage"),
     ):
         p = verbs.add_parser(verb, help=what)
-        sub = p.add_subparsers(dest="stage", required=True, metavar="STAGE")
+        sub = p.add_subparsers(dest="stage", required=True, metavar="STAGE", help="the stage (see below)")
         for stage in registered.values():
             if verb not in stage.verbs:
                 continue
@@ -102,23 +102,28 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
             sp.set_defaults(func=_run_verb, verb=verb)
 
     p = verbs.add_parser("ads-evaluate", help="metrics CSV and figures of an ADS store")
-    p.add_argument("store")
-    p.add_argument("--metrics", required=True)
-    p.add_argument("--figures", required=True)
+    p.add_argument("store", help="ads.zarr written by 'diffinv sample ads'")
+    p.add_argument("--metrics", required=True, help="output CSV: PSNR/SSIM/NMSE per strategy and case")
+    p.add_argument("--figures", required=True, help="output folder of PNGs, one per case")
     p.set_defaults(func=_cmd_ads_evaluate)
 
     p = verbs.add_parser("ads-summarise", help="mean ADS metrics per acceleration and strategy")
-    p.add_argument("metrics", nargs="+")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("metrics", nargs="+", help="metrics CSVs written by 'diffinv ads-evaluate'")
+    p.add_argument("-o", "--output", required=True, help="output CSV of means per acceleration and strategy")
     p.set_defaults(func=_cmd_ads_summarise)
 
     p = verbs.add_parser("evaluate", help="metrics CSV and figures of posterior stores")
-    p.add_argument("stores", nargs="+")
+    p.add_argument("stores", nargs="+", help="posterior.zarr stores written by 'diffinv sample mri'")
     p.add_argument("--metrics", required=True, help="output CSV")
     p.add_argument("--figures", help="output folder of PNGs")
     p.set_defaults(func=_cmd_evaluate)
 
     p = verbs.add_parser("summarise", help="mean metrics per method, acceleration and reconstruction")
-    p.add_argument("metrics", nargs="+")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("metrics", nargs="+", help="metrics CSVs written by 'diffinv evaluate'")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output CSV of means per method, acceleration and reconstruction",
+    )
     p.set_defaults(func=_cmd_summarise)
