@@ -129,20 +129,34 @@ class CaseSamples:
 
 
 class RowCounter:
-    """Counts denoiser evaluations per particle row (the NFE unit of every stage)."""
+    """Counts denoiser evaluations per particle row (the NFE unit of every stage).
 
-    def __init__(self, denoiser: Denoiser) -> None:
+    :meth:`rewrap` gives a counter around another denoiser adding to the same total, so a
+    solver that swaps the prior (T-Stitch's small model) is counted too.
+    """
+
+    def __init__(self, denoiser: Denoiser, tally: list[int] | None = None) -> None:
         self.denoiser = denoiser
         self.schedule = denoiser.schedule
-        self.rows = 0
+        self._tally = [0] if tally is None else tally
+
+    @property
+    def rows(self) -> int:
+        """Rows evaluated so far, by this counter and its rewraps."""
+        return self._tally[0]
+
+    def rewrap(self, inner: Denoiser) -> RowCounter:
+        """A counter around ``inner`` adding to the same total."""
+        return RowCounter(inner, self._tally)
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        self.rows += int(x.shape[0])
+        self._tally[0] += int(x.shape[0])
         return self.denoiser(x, t)
 
 
 def case_key(case_id: str) -> int:
     """A stable 63-bit integer of a case's identity (file and index, never its position)."""
+
     return int.from_bytes(hashlib.sha256(case_id.encode()).digest()[:8], "big") >> 1
 
 
@@ -201,6 +215,13 @@ def network_dtype(prior: Denoiser) -> str:
     params = getattr(prior, "parameters", None)
     first = next(iter(params()), None) if callable(params) else None
     return str(first.dtype).removeprefix("torch.") if first is not None else "float64"
+
+
+def progress(items: Sequence[Any], desc: str) -> Iterator[Any]:
+    """``items`` with a progress bar on stderr (rate and time left; the rule's log under Snakemake)."""
+    from tqdm import tqdm
+
+    yield from tqdm(items, desc=desc, unit="case", mininterval=2.0, dynamic_ncols=True)
 
 
 SEED_POLICY = (

@@ -46,6 +46,7 @@ from diffinv.stages.core import (
     Problem,
     Sampling,
     posterior_variables,
+    progress,
     sample_case,
     sampling_provenance,
 )
@@ -233,7 +234,7 @@ def run_ads(
     def fixed(case: MRICase, mask: Tensor) -> CaseSamples:
         return reconstruct_case(case, prior, mask, method, sampling, seed, device)
 
-    for case in cases:
+    for case in progress(cases, f"ads {acceleration}x ({len(strategies)} strategies per case)"):
         start = time.perf_counter()
         run = ads_case(case, prior, budget, method, sampling, ads, seed, device)
         result, nfe = run.result, run.result.nfe

@@ -21,6 +21,7 @@ from diffinv.stages.core import (
     Method,
     Sampling,
     posterior_variables,
+    progress,
     sampling_provenance,
 )
 from diffinv.stages.core import sample_case as core_sample_case
@@ -61,10 +62,11 @@ def reconstruct_blocks(
     clip = getattr(prior, "clip", None)
     attrs = {"acceleration": acceleration, "method": method.name}
     prov = sampling_provenance(record, prior, method, sampling, seed, device, acceleration=acceleration)
-    for b0 in range(0, len(cases), block):
-        part = cases[b0 : b0 + block]
+    blocks = [cases[b0 : b0 + block] for b0 in range(0, len(cases), block)]
+    bar = progress(cases, f"sample mri {acceleration}x {method.name}")
+    for part in blocks:
         results, masks, zero_filled, no_prior = [], [], [], []
-        for case in part:
+        for case, _ in zip(part, bar):
             seeds = CaseSeeds.of(seed, case.label)
             mask = case_mask(case, acceleration, settings["mask"]["kind"], center_fraction, seeds)
             res = reconstruct_case(case, prior, mask, method, sampling, seed, device)
