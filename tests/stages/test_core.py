@@ -147,3 +147,12 @@ def test_stages_register_their_verbs_and_config_paths():
     assert "accelerations" not in sample["mri"]["sampling"] and "ads" not in sample
     ads = verb_config(cfg, "ads", "sample")
     assert "methods" not in ads["mri"]["sampling"] and "enabled" not in ads["ads"]
+
+
+def test_tstitch_small_model_steps_are_counted():
+    """The small prior's steps go through the core's counter too (rewrap shares the count)."""
+    method = Method("tstitch", "dds", solver_options={"fraction": 0.5, "small": _prior()})
+    prior = Rows(_prior())
+    out = sample_case(_problem(), prior, method, SAMPLING, CaseSeeds.of(0, "case"), "cpu")
+    assert out.nfe == STEPS, "half the steps on each model, all counted"
+    assert prior.rows == (STEPS // 2) * SAMPLES, "the large prior ran only its half"
