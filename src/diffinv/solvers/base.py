@@ -190,7 +190,8 @@ def integrate(
     state = solver.init_state()
     for i in range(len(grid) - 1):
         x, state = solver.step(D, x, state, grid[i], grid[i + 1], noise)
-        if callback is not None and (new := callback(StepInfo(i, float(grid[i + 1]), x, state.get("x0")))) is not None:
+        new = callback(StepInfo(i, float(grid[i + 1]), x, state.get("x0"))) if callback is not None else None
+        if new is not None:
             D = new  # the callback changed the observation (active acquisition)
     return x
 
