@@ -21,7 +21,7 @@ INGEST_SOURCES = {
     "fastmri": "fastMRI k-space HDF5 files or folders",
     "era5": "ERA5 netCDF (new and legacy CDS), GRIB, zarr",
     "igra": "IGRA v2 station/derived files, plain or .gz",
-    "ct": "LoDoPaB HDF5, TIFF/HDF5 intensity sinograms, NeXus scans",
+    "ct": "LoDoPaB HDF5, per-projection TIFF stacks, TIFF/HDF5 sinograms, NeXus scans",
 }
 
 #: ``diffinv demo-data KIND``: module ``diffinv.demo.<KIND>`` exposes

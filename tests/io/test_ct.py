@@ -45,6 +45,7 @@ def test_neutron_tiff_sinogram(real_data: Path) -> None:
     assert abs(np.median(sino[:, :10])) < 0.02  # open beam at the detector edges
     assert np.median(sino[:, 240:260]) > 0.5  # the sample in the middle
     assert sino.max() == pytest.approx(-np.log(1e-4), rel=1e-6)  # zero counts clipped
+    assert ds.attrs["n_clipped"] == np.count_nonzero(tifffile.imread(real_data / SAREPY) == 0)
     # 0 and 360 degrees see the same projection
     assert np.abs(sino[0] - sino[-1]).mean() < np.abs(sino[0] - sino[115]).mean() / 3
 
@@ -56,6 +57,7 @@ def test_diamond_nexus_scan(real_data: Path, tmp_path: Path) -> None:
     _layout(ds)
     assert dict(ds.sizes) == {"projection": 22, "angle": 3001, "detector": 26}
     assert (ds.attrs["n_flat"], ds.attrs["n_dark"]) == (100, 100)
+    assert (ds.attrs["n_clipped"], ds.attrs["clipped_fraction"]) == (0, 0.0)  # recorded after writing
     deg = np.rad2deg(ds["angle"].values)
     assert 89.9 < deg.min() and deg.max() < 270.1 and np.all(np.diff(deg) > 0)
     assert 0 < float(ds["sinogram"].mean()) < 1
@@ -156,4 +158,6 @@ def test_mismatched_geometry_and_options(demo_files: list[Path], tmp_path: Path)
         ingest([demo_files[0], other[0]], tmp_path / "out.zarr")
     with pytest.raises(DiffinvError, match=r"unknown option 'flatfield'.*min_transmission"):
         read_ct(demo_files[0], flatfield="x.tif")
+    with pytest.raises(InputError, match=r"option angles_file does not apply to lodopab files"):
+        read_ct(demo_files[0], angles_file=str(demo_files[0]))
     assert not (tmp_path / "out.zarr").exists()
