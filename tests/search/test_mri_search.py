@@ -5,6 +5,7 @@ import torch
 
 from diffinv.diffusion.denoisers import GaussianMixtureDenoiser
 from diffinv.diffusion.schedule import VPSchedule
+from diffinv.io.store import get_provenance
 from diffinv.operators.mri import fft2c
 from diffinv.plugins import BUILTINS, load
 from diffinv.stages.core import Method, Sampling
@@ -93,3 +94,5 @@ def test_population_methods_write_ess_and_the_default_path_does_not():
     assert float(ds["nfe"][0]) == 2 * STEPS, "a population of 2 costs 2 trajectories per sample"
     plain = reconstruct([_case()], _prior(), 2, Method("ddim", "dds"), SETTINGS, 0.25, 0, "cpu", {})
     assert "ess" not in plain and plain.attrs["method"] == "ddim-dds" and float(plain["nfe"][0]) == STEPS
+    prov = get_provenance(plain)
+    assert prov["dtype"] == "float64" and prov["precision"] == "fp32", "the exact mixture runs in float64"
