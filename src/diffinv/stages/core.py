@@ -217,11 +217,12 @@ def network_dtype(prior: Denoiser) -> str:
     return str(first.dtype).removeprefix("torch.") if first is not None else "float64"
 
 
-def progress(items: Sequence[Any], desc: str) -> Iterator[Any]:
-    """``items`` with a progress bar on stderr (rate and time left; the rule's log under Snakemake)."""
+def progress(total: int, desc: str) -> Any:
+    """A progress bar over ``total`` cases on stderr (rate and time left; the rule's log under
+    Snakemake); call ``update(1)`` after each case and ``close()`` at the end."""
     from tqdm import tqdm
 
-    yield from tqdm(items, desc=desc, unit="case", mininterval=2.0, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="case", mininterval=2.0, dynamic_ncols=True)
 
 
 SEED_POLICY = (

@@ -234,7 +234,8 @@ def run_ads(
     def fixed(case: MRICase, mask: Tensor) -> CaseSamples:
         return reconstruct_case(case, prior, mask, method, sampling, seed, device)
 
-    for case in progress(cases, f"ads {acceleration}x ({len(strategies)} strategies per case)"):
+    bar = progress(len(cases), f"ads {acceleration}x ({len(strategies)} strategies per case)")
+    for case in cases:
         start = time.perf_counter()
         run = ads_case(case, prior, budget, method, sampling, ads, seed, device)
         result, nfe = run.result, run.result.nfe
@@ -257,6 +258,8 @@ def run_ads(
         entropies.append(run.entropy)
         nfes.append(nfe_row)
         walls.append(wall)
+        bar.update(1)
+    bar.close()
     samples_arr = np.stack(samples, axis=1)  # (strategy, case, sample, y, x)
     n_acq = max(len(o) for o in orders)
     order_arr = np.full((len(cases), n_acq), -1, np.int32)
@@ -358,7 +361,7 @@ def sample(args: Any, cfg: dict[str, Any], device: str) -> None:
     from diffinv.io.store import write_zarr
 
     cases, train, method, sampling = ads_inputs(cfg, Path(args.data), Path(args.train))
-    prior = load_prior(Path(args.prior), cases, Path(args.data), device)
+    prior = load_prior(Path(args.prior), cases[0].kspace.shape[-2:], Path(args.data), device)
     record = {
         "step": "sample ads",
         "config": cfg,

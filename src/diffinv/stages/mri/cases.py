@@ -8,7 +8,7 @@ the operator and measurement, and the zero-filled and no-prior baselines.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,34 +67,55 @@ def prepare_cases(
     return cases
 
 
+@dataclass
+class CaseSource:
+    """The slices of an ingested fastMRI store: their count and grid, read lazily in chunks."""
+
+    store: Path
+    center_fraction: float
+    limit: int | None = None
+    chunk: int = 256
+
+    def __post_init__(self) -> None:
+        ds = open_zarr(self.store)
+        missing = [v for v in ("kspace", "mask", "file", "slice_in_file", "num_low_frequency") if v not in ds]
+        if missing:
+            raise InputError(
+                self.store,
+                f"not an ingested fastMRI store (no {', '.join(missing)})",
+                "pass a store written by 'diffinv ingest fastmri'",
+            )
+        self.ds = ds
+        self.count = ds.sizes["slice"] if self.limit is None else min(self.limit, ds.sizes["slice"])
+        self.grid = (ds.sizes["readout"], ds.sizes["phase"])
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[MRICase]:
+        """Cases in store order; memory holds one chunk of k-space at a time."""
+        ds, n = self.ds, self.count
+        labels = [f"{f}:{int(i)}" for f, i in zip(ds["file"].values[:n], ds["slice_in_file"].values[:n])]
+        num_low_all = ds["num_low_frequency"].values[:n]
+        default_low = max(2, int(round(self.grid[1] * self.center_fraction)))
+        for start in range(0, n, self.chunk):
+            stop = min(n, start + self.chunk)
+            block = ds.isel(slice=slice(start, stop))
+            kspace, acquired = block["kspace"].values, block["mask"].values
+            lows = [int(v) or default_low for v in num_low_all[start:stop]]
+            cases: list[MRICase] = []
+            for low in sorted(set(lows)):
+                idx = [i for i, v in enumerate(lows) if v == low]
+                cases += prepare_cases(kspace[idx], acquired[idx], [labels[start + i] for i in idx], low)
+            order = {label: i for i, label in enumerate(labels[start:stop])}
+            yield from sorted(cases, key=lambda c: order[c.label])
+
+
 def load_cases(
     store: Path, center_fraction: float, limit: int | None = None, chunk: int = 256
 ) -> list[MRICase]:
     """Cases of an ingested fastMRI store (first ``limit`` slices), read ``chunk`` slices at a time."""
-    ds = open_zarr(store)
-    missing = [v for v in ("kspace", "mask", "file", "slice_in_file", "num_low_frequency") if v not in ds]
-    if missing:
-        raise InputError(
-            store,
-            f"not an ingested fastMRI store (no {', '.join(missing)})",
-            "pass a store written by 'diffinv ingest fastmri'",
-        )
-    n = ds.sizes["slice"] if limit is None else min(limit, ds.sizes["slice"])
-    width = ds.sizes["phase"]
-    labels = [f"{f}:{int(i)}" for f, i in zip(ds["file"].values[:n], ds["slice_in_file"].values[:n])]
-    num_low_all = ds["num_low_frequency"].values[:n]
-    default_low = max(2, int(round(width * center_fraction)))
-    cases: list[MRICase] = []
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        block = ds.isel(slice=slice(start, stop))
-        kspace, acquired = block["kspace"].values, block["mask"].values
-        lows = [int(v) or default_low for v in num_low_all[start:stop]]
-        for low in sorted(set(lows)):
-            idx = [i for i, v in enumerate(lows) if v == low]
-            cases += prepare_cases(kspace[idx], acquired[idx], [labels[start + i] for i in idx], low)
-    order = {label: i for i, label in enumerate(labels)}
-    return sorted(cases, key=lambda c: order[c.label])
+    return list(CaseSource(store, center_fraction, limit, chunk))
 
 
 def training_images(store: Path, center_fraction: float) -> Tensor:

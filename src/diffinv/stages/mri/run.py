@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,14 @@ from diffinv.stages.core import (
     sampling_provenance,
 )
 from diffinv.stages.core import sample_case as core_sample_case
-from diffinv.stages.mri.cases import MRICase, baselines, case_mask, case_problem, load_cases, training_images
+from diffinv.stages.mri.cases import (
+    CaseSource,
+    MRICase,
+    baselines,
+    case_mask,
+    case_problem,
+    training_images,
+)
 
 
 def reconstruct_case(
@@ -42,7 +50,7 @@ def to_complex(x: Tensor, scale: float) -> np.ndarray:
 
 
 def reconstruct_blocks(
-    cases: Sequence[MRICase],
+    cases: Collection[MRICase],
     prior: Denoiser,
     acceleration: int,
     method: Method,
@@ -54,19 +62,20 @@ def reconstruct_blocks(
 ) -> Iterator[xr.Dataset]:
     """Posterior Datasets of ``settings['case_block']`` cases at a time (zarr contract, design §4).
 
-    ``settings`` is the validated ``mri.sampling`` section. Memory holds one block; every
-    block carries the same attributes and provenance.
+    ``settings`` is the validated ``mri.sampling`` section. ``cases`` may be a lazy
+    :class:`CaseSource`: memory then holds one block of samples and one chunk of k-space.
+    Every block carries the same attributes and provenance.
     """
     sampling = Sampling.from_config(settings)
     block = settings["case_block"]
     clip = getattr(prior, "clip", None)
     attrs = {"acceleration": acceleration, "method": method.name}
     prov = sampling_provenance(record, prior, method, sampling, seed, device, acceleration=acceleration)
-    blocks = [cases[b0 : b0 + block] for b0 in range(0, len(cases), block)]
-    bar = progress(cases, f"sample mri {acceleration}x {method.name}")
-    for part in blocks:
+    bar = progress(len(cases), f"sample mri {acceleration}x {method.name}")
+    remaining = iter(cases)
+    while part := list(islice(remaining, block)):
         results, masks, zero_filled, no_prior = [], [], [], []
-        for case, _ in zip(part, bar):
+        for case in part:
             seeds = CaseSeeds.of(seed, case.label)
             mask = case_mask(case, acceleration, settings["mask"]["kind"], center_fraction, seeds)
             res = reconstruct_case(case, prior, mask, method, sampling, seed, device)
@@ -77,9 +86,11 @@ def reconstruct_blocks(
             masks.append(mask.cpu())
             zero_filled.append(to_complex(zf, case.scale))
             no_prior.append(to_complex(npr, case.scale))
+            bar.update(1)
         ds = _block_dataset(part, results, masks, zero_filled, no_prior)
         ds.attrs.update(attrs)
         yield set_provenance(ds, prov)
+    bar.close()
 
 
 def _block_dataset(
@@ -194,12 +205,12 @@ def reconstruct(
     return ds
 
 
-def load_prior(folder: Path, cases: Sequence[MRICase], data: Path, device: str) -> Denoiser:
+def load_prior(folder: Path, grid: Sequence[int], data: Path, device: str) -> Denoiser:
     """The checkpoint's denoiser, refused with one line if it was trained on another grid than ``data``."""
     from diffinv.diffusion.networks import checkpoint_config, load_denoiser
 
     size = [int(s) for s in checkpoint_config(folder)["network"]["size"]]
-    grid = list(cases[0].kspace.shape[-2:])
+    grid = [int(g) for g in grid]
     if size != grid:
         raise InputError(
             folder / "config.json",
@@ -243,8 +254,9 @@ def sample(args: argparse.Namespace, cfg: dict[str, Any], device: str) -> None:
 
     mri = cfg["mri"]
     (entry,) = mri["sampling"]["methods"]
-    cases = load_cases(Path(args.data), mri["data"]["center_fraction"], mri["data"]["cases"])
-    prior = load_prior(Path(args.prior), cases, Path(args.data), device)
+    block = mri["sampling"]["case_block"]
+    cases = CaseSource(Path(args.data), mri["data"]["center_fraction"], mri["data"]["cases"], chunk=block)
+    prior = load_prior(Path(args.prior), cases.grid, Path(args.data), device)
     record = {"step": "sample mri", "config": cfg, "data": str(args.data), "prior": str(args.prior)}
     blocks = reconstruct_blocks(
         cases,
