@@ -104,40 +104,23 @@ def test_a_prior_for_another_grid_is_refused(data, capsys, tmp_path):
     _one_line_error(capsys, _sample(data, **{"--prior": str(other)}), "config.json", "32x32", "16x16")
 
 
+def _train(train, out, **overrides):
+    """argv of ``diffinv train mri`` on the tiny config with ``mri.prior.train`` overrides."""
+    cfg = json.loads(json.dumps(TINY))
+    cfg["mri"]["prior"]["train"].update(overrides)
+    return ["train", "mri", "--data", str(train), "-o", str(out), "--quiet", "--config-json", json.dumps(cfg)]
+
+
 def test_batch_larger_than_the_training_set_is_refused(data, capsys, tmp_path):
     _, train, _, _ = data
-    cfg = json.loads(json.dumps(TINY))
-    cfg["mri"]["prior"]["train"]["batch_size"] = 64
-    argv = [
-        "train",
-        "mri",
-        "--data",
-        str(train),
-        "-o",
-        str(tmp_path / "p"),
-        "--quiet",
-        "--config-json",
-        json.dumps(cfg),
-    ]
+    argv = _train(train, tmp_path / "p", batch_size=64)
     _one_line_error(capsys, argv, "mri.prior.train.batch_size", "at most 2")
     assert not (tmp_path / "p").exists()
 
 
 def test_a_diverging_learning_rate_stops_training_with_the_step_named(data, capsys, tmp_path):
     _, train, _, _ = data
-    cfg = json.loads(json.dumps(TINY))
-    cfg["mri"]["prior"]["train"].update(lr=1e6, steps=30)
-    argv = [
-        "train",
-        "mri",
-        "--data",
-        str(train),
-        "-o",
-        str(tmp_path / "p"),
-        "--quiet",
-        "--config-json",
-        json.dumps(cfg),
-    ]
+    argv = _train(train, tmp_path / "p", lr=1e6, steps=30)
     _one_line_error(capsys, argv, "mri.prior.train.lr")
     assert not (tmp_path / "p" / "model.safetensors").exists(), "no checkpoint of a diverged prior"
 
