@@ -156,7 +156,6 @@ class RowCounter:
 
 def case_key(case_id: str) -> int:
     """A stable 63-bit integer of a case's identity (file and index, never its position)."""
-
     return int.from_bytes(hashlib.sha256(case_id.encode()).digest()[:8], "big") >> 1
 
 
