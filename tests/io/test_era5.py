@@ -211,3 +211,9 @@ def test_incompatible_inputs_and_options(demo_files: list[Path], tmp_path: Path)
     with pytest.raises(InputError, match="crosses the seam"):
         read_era5(demo_files[0], lon=[-10, 10], lon_convention="0..360")
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_demo_store_says_it_is_synthetic(tmp_path):
+    files = demo_era5.write_demo(tmp_path / "demo", seed=0, times=2, files=1, resolution=10.0)
+    ds = xr.open_zarr(ingest(files, tmp_path / "demo.zarr"))
+    assert "SYNTHETIC" in ds.attrs["comment"] and "ECMWF" not in ds.attrs["institution"].split("(")[0]

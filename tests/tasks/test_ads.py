@@ -87,6 +87,7 @@ def test_ads_store_holds_every_strategy_at_one_budget(data):
     method = Method("dpmpp_2m", "dds")
     ds = run_ads(cases[:1], train, prior, 4, method, sampling, cfg["ads"], 0.08, 0, "cpu", {})
     assert list(ds["strategy"].values) == ["ads", "random", "equispaced", "variable_density", "greedy"]
+    assert all("long_name" in ds[d].attrs for d in ds.dims), "every dimension has a described coordinate"
     assert (ds["mask"].values.sum(-1) == 4).all(), "every strategy gets exactly W/R lines"
     order = ds["acquisition_order"].values[0]
     assert len(set(order.tolist())) == len(order) == 4 - cases[0].num_low, (

@@ -222,7 +222,8 @@ def to_cds_netcdf(ds: xr.Dataset) -> xr.Dataset:
         "GRIB_centreDescription": "European Centre for Medium-Range Weather Forecasts",
         "GRIB_subCentre": 0,
         "Conventions": "CF-1.7",
-        "institution": "European Centre for Medium-Range Weather Forecasts",
+        "institution": "none: synthetic data written by diffinv demo-data (ECMWF's file layout only)",
+        "comment": "SYNTHETIC demo fields, not ERA5 data",
         "history": "diffinv demo-data era5: synthetic fields in the CDS netCDF layout",
     }
     return out

@@ -311,11 +311,20 @@ def run_ads(
             ),
         },
         coords={
-            "strategy": strategies,
-            "case": [c.label for c in cases],
-            "sample": np.arange(samples_arr.shape[2]),
-            "y": ("y", np.arange(samples_arr.shape[3]), {"units": "pixel"}),
-            "x": ("x", np.arange(width), {"units": "pixel"}),
+            "strategy": (
+                "strategy",
+                strategies,
+                {"long_name": "line-selection strategy (ads or a fixed mask)"},
+            ),
+            "case": ("case", [c.label for c in cases], {"long_name": "slice (file:index)"}),
+            "sample": ("sample", np.arange(samples_arr.shape[2]), {"long_name": "posterior sample"}),
+            "acquisition": (
+                "acquisition",
+                np.arange(n_acq),
+                {"long_name": "ADS acquisition number, in order"},
+            ),
+            "y": ("y", np.arange(samples_arr.shape[3]), {"long_name": "readout pixel", "units": "pixel"}),
+            "x": ("x", np.arange(width), {"long_name": "phase-encode pixel", "units": "pixel"}),
         },
     )
     if all(c.truth is not None for c in cases):
