@@ -11,7 +11,7 @@ rule ads_mri:
     log:
         "logs/ads/{dataset}/{acc}x/ads.log",
     conda:
-        "../../envs/cpu.yaml"
+        GPU_ENV
     threads: config["threads"]
     resources:
         gpu=1,

@@ -33,6 +33,10 @@ def job_config(stage, verb, method=None):
 # Runtime setting: it does not change results, so it is a resource, not a param (params
 # changes rerun jobs).
 DEVICE = config["device"]
+# conda environment of the GPU rules (those with resources gpu=1) under --sdm conda, set
+# by the config's conda_env (cpu | cuda); other rules use envs/cpu.yaml. Relative to
+# workflow/rules. Not a param: the environment does not change results.
+GPU_ENV = f"../../envs/{config['conda_env']}.yaml"
 
 
 def mri_demo_options(wildcards):

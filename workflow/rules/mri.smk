@@ -47,7 +47,7 @@ rule train_prior_mri:
     log:
         "logs/mri/{dataset}/train_prior.log",
     conda:
-        "../../envs/cpu.yaml"
+        GPU_ENV
     threads: config["threads"]
     resources:
         gpu=1,
@@ -70,7 +70,7 @@ rule sample_mri:
     log:
         "logs/mri/{dataset}/{acc}x/{method}/sample.log",
     conda:
-        "../../envs/cpu.yaml"
+        GPU_ENV
     threads: config["threads"]
     resources:
         gpu=1,
