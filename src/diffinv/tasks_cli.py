@@ -9,6 +9,7 @@ from typing import Any
 
 from diffinv.config import load_config, resolve_device, validate_config
 from diffinv.errors import ConfigError
+from diffinv.stages import positive_int
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
@@ -21,25 +22,27 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
     return load_config(args.config)
 
 
-def _setup(cfg: dict[str, Any], device: str | None) -> str:
+def _setup(threads: int, device: str) -> str:
     """Torch threads and the device: runtime settings, not part of any job's config paths."""
     import torch
 
-    torch.set_num_threads(cfg.get("threads", 1))
-    return resolve_device(device or "auto")
+    torch.set_num_threads(threads)
+    return resolve_device(device)
 
 
 def _run_verb(args: argparse.Namespace) -> None:
-    """Run ``diffinv VERB STAGE``: validate, keep the verb's config paths, call the stage."""
+    """Run ``diffinv VERB STAGE``: validate, keep the verb's config paths, call the stage.
+
+    ``--threads`` and ``--device`` override the config's ``threads`` and ``device``.
+    """
     import importlib
 
     from diffinv.stages import get_verb, verb_config
 
     verb = get_verb(args.stage, args.verb)
-    cfg = verb_config(_config(args), args.stage, args.verb, getattr(args, "method", None))
-    if args.threads is not None:
-        cfg["threads"] = args.threads
-    device = _setup(cfg, args.device)
+    full = _config(args)
+    cfg = verb_config(full, args.stage, args.verb, getattr(args, "method", None))
+    device = _setup(args.threads or full["threads"], args.device or full["device"])
     module, _, func = verb.run.partition(":")
     getattr(importlib.import_module(module), func)(args, cfg, device)
 
@@ -77,8 +80,12 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--config", help="YAML config file (validated against the schema)")
     g.add_argument("--config-json", help="the config as a JSON object (used by the Snakemake rules)")
-    p.add_argument("--device", help="auto (default: cuda when available), cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: the config's threads)")
+    p.add_argument(
+        "--device", help="auto (cuda when available), cpu, cuda or cuda:N (default: the config's device)"
+    )
+    p.add_argument(
+        "--threads", type=positive_int, help="torch intra-op threads (default: the config's threads)"
+    )
 
 
 def add_verbs(verbs: argparse._SubParsersAction) -> None:
