@@ -210,6 +210,15 @@ def test_uncertainty_notebook_runs_headless_on_the_dag_output(run):
         del os.environ["DIFFINV_POSTERIOR"]
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "interval covers" in text and "RMSE / std ratio" in text
+    # the notebook's coverage is the summary's (each case's intervals against its own truth)
+    summary = pd.read_csv(run / "results/mri/tiny/summary.csv")
+    row = summary[
+        (summary["method"] == "dpmpp_2m-dds") & (summary["reconstruction"] == "posterior_mean")
+    ].iloc[0]
+    for level in (50, 90, 95):
+        shown = float(re.search(rf"{level}% interval covers\s+([\d.]+)%", text).group(1))
+        # printed to 0.01 percentage points, the summary to 4 significant digits
+        assert abs(shown - 100 * row[f"coverage_{level}"]) < 0.011, (level, shown, row[f"coverage_{level}"])
 
 
 def test_bad_config_stops_the_workflow_with_the_key_named(tmp_path):
