@@ -56,27 +56,14 @@ from diffinv.solvers.base import integrate
 from diffinv.stages.core import CaseSeeds, Method, Sampling
 from diffinv.stages.mri.cases import MRICase, case_mask, load_cases, training_images
 from diffinv.stages.mri.run import reconstruct_case
+from diffinv.testbed import OWN_SOLVER, SMALL_SEARCH_OPTIONS
 
 REL_TOL = 1e-2  # relative RMSE difference device vs CPU of a solver's samples (float32)
 PSNR_TOL = 0.5  # dB, posterior-mean PSNR device vs CPU, methods without a search
-# as tests/search/test_mri_search.py: guidance methods with a kernel of their own, small search budgets
-OWN_SOLVER = {"ddrm": "ddrm", "diffpir": "diffpir"}
 # with their defaults these two diverge on the demo prior at 10 steps (PSNR -18 dB and 0 dB, measured),
 # where device round-off is amplified without bound; stable settings (20.5 and 15.0 dB) make the
 # comparison meaningful
 STABLE_GUIDANCE_OPTIONS = {"gaussian_score": {"gamma": 1.0}, "pigdm": {"alpha_power": 1.0}}
-SMALL_SEARCH_OPTIONS = {
-    "smc": {"particles": 2},
-    "mcgdiff": {"particles": 2},
-    "svdd": {"candidates": 2},
-    "dts": {"rollouts": 2},
-    "dts_star": {"rollouts": 2},
-    "best_of_n": {"n": 2},
-    "zero_order": {"n": 2},
-    "path_search": {"n": 2},
-    "rbf": {"budget": 16},
-    "minority": {},
-}
 
 
 @dataclass

@@ -21,6 +21,23 @@ from diffinv.diffusion.schedule import VPSchedule
 from diffinv.errors import ConfigError
 from diffinv.operators.svd import MatrixSVD
 
+#: Guidance plug-ins whose update is a solver kernel of their own: run them with this solver.
+OWN_SOLVER = {"ddrm": "ddrm", "diffpir": "diffpir"}
+
+#: The smallest budget of every built-in search, for runs that check a plug-in works everywhere.
+SMALL_SEARCH_OPTIONS: dict[str, dict[str, int]] = {
+    "smc": {"particles": 2},
+    "mcgdiff": {"particles": 2},
+    "svdd": {"candidates": 2},
+    "dts": {"rollouts": 2},
+    "dts_star": {"rollouts": 2},
+    "best_of_n": {"n": 2},
+    "zero_order": {"n": 2},
+    "path_search": {"n": 2},
+    "rbf": {"budget": 16},
+    "minority": {},
+}
+
 
 def grid_prior(dim: int, schedule: VPSchedule, seed: int = 0) -> GaussianMixtureDenoiser:
     """The 25-mode prior of MCGdiff §5 in even dimension ``dim`` (exact denoiser)."""

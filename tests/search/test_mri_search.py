@@ -11,6 +11,7 @@ from diffinv.plugins import BUILTINS, load
 from diffinv.stages.core import Method, Sampling
 from diffinv.stages.mri.cases import MRICase
 from diffinv.stages.mri.run import reconstruct, reconstruct_case
+from diffinv.testbed import OWN_SOLVER, SMALL_SEARCH_OPTIONS
 
 STEPS = 6
 SETTINGS = {
@@ -48,9 +49,8 @@ def _residual(method: Method) -> tuple[float, float]:
 
 
 PRIOR_RESIDUAL = _residual(Method("ddim", "none"))[0]
-# guidance kernels that are solvers of their own; options that make the others pull
-# towards the data within 6 steps on this mixture (the defaults follow the papers)
-OWN_SOLVER = {"ddrm": "ddrm", "diffpir": "diffpir"}
+# options that make these pull towards the data within 6 steps on this mixture
+# (the defaults follow the papers)
 OPTIONS = {"dps": {"zeta": 10.0}, "gaussian_score": {"gamma": 1.0}}
 
 
@@ -61,20 +61,6 @@ def test_every_guidance_runs_in_the_mri_stage_by_name_and_pulls_towards_the_data
     residual, nfe = _residual(Method(solver, guidance, guidance_options=OPTIONS.get(guidance, {})))
     assert nfe == STEPS * load("solver", solver).nfe_per_step
     assert residual < 0.5 * PRIOR_RESIDUAL, (guidance, residual, PRIOR_RESIDUAL)
-
-
-SMALL_SEARCH_OPTIONS = {
-    "smc": {"particles": 2},
-    "mcgdiff": {"particles": 2},
-    "svdd": {"candidates": 2},
-    "dts": {"rollouts": 2},
-    "dts_star": {"rollouts": 2},
-    "best_of_n": {"n": 2},
-    "zero_order": {"n": 2},
-    "path_search": {"n": 2},
-    "rbf": {"budget": 16},
-    "minority": {},
-}
 
 
 @pytest.mark.parametrize("search", sorted(BUILTINS["search"]))

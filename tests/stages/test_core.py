@@ -10,11 +10,11 @@ from diffinv.operators.mri import MRIOperator, fft2c
 from diffinv.plugins import BUILTINS, load
 from diffinv.stages import get_verb, stages, verb_config
 from diffinv.stages.core import CaseSeeds, Method, Problem, Sampling, case_key, network_dtype, sample_case
+from diffinv.testbed import OWN_SOLVER, SMALL_SEARCH_OPTIONS
 
 STEPS, SAMPLES = 4, 3
 SAMPLING = Sampling(samples=SAMPLES, batch_size=2, steps=STEPS, final_dc=False, hallucination_steps=2)
 CALIBRATED = {"dc_solver", "s3", "fitted_lms"}
-OWN_GUIDANCE = {"ddrm": "ddrm", "diffpir": "diffpir"}  # solver kernels that need their own guidance
 
 
 class Rows:
@@ -42,11 +42,12 @@ def _prior():
     return GaussianMixtureDenoiser(VPSchedule(), torch.ones(2), means)
 
 
+# the ddrm and diffpir solvers are named like the guidance they pair with (OWN_SOLVER)
 @pytest.mark.parametrize("name", sorted(BUILTINS["solver"]))
 def test_exact_nfe_of_every_solver(name):
     """NFE per sample is steps × the solver's calls per step; calibration is counted apart."""
     options = {"calibration_size": 4} if name == "fitted_lms" else {}
-    method = Method(name, OWN_GUIDANCE.get(name, "dds"), solver_options=options)
+    method = Method(name, OWN_SOLVER.get(name, "dds"), solver_options=options)
     prior = Rows(_prior())
     out = sample_case(_problem(), prior, method, SAMPLING, CaseSeeds.of(0, "case"), "cpu")
     assert out.nfe == STEPS * load("solver", name).nfe_per_step
@@ -55,26 +56,14 @@ def test_exact_nfe_of_every_solver(name):
 
 
 # closed forms: populations of P particles cost P × steps per returned sample
-FIXED_COST = {
-    "smc": ({"particles": 2}, 2 * STEPS),
-    "mcgdiff": ({"particles": 2}, 2 * STEPS),
-    "best_of_n": ({"n": 2}, 2 * STEPS),
-    "path_search": ({"n": 2}, 2 * STEPS),
-}
-ADAPTIVE = {
-    "svdd": {"candidates": 2},
-    "dts": {"rollouts": 2},
-    "dts_star": {"rollouts": 2},
-    "zero_order": {"n": 2},
-    "rbf": {"budget": 16},
-    "minority": {},
-}
+FIXED_COST = {"smc": 2 * STEPS, "mcgdiff": 2 * STEPS, "best_of_n": 2 * STEPS, "path_search": 2 * STEPS}
 
 
 @pytest.mark.parametrize("search", sorted(BUILTINS["search"]))
 def test_exact_nfe_of_every_search(search):
     """Searches count every particle row: the core's NFE is the rows evaluated per sample."""
-    options, expected = FIXED_COST.get(search, (ADAPTIVE.get(search), None))
+    expected = FIXED_COST.get(search)
+    options = SMALL_SEARCH_OPTIONS[search]
     method = Method("ddpm", "none" if search == "mcgdiff" else "dds", search, search_options=options)
     prior = Rows(_prior())
     out = sample_case(_problem(), prior, method, SAMPLING, CaseSeeds.of(0, "case"), "cpu")
@@ -86,7 +75,7 @@ def test_exact_nfe_of_every_search(search):
 
 
 def test_every_registered_search_and_solver_is_covered():
-    assert set(FIXED_COST) | set(ADAPTIVE) == set(BUILTINS["search"])
+    assert set(SMALL_SEARCH_OPTIONS) == set(BUILTINS["search"])
 
 
 def test_case_seeds_follow_the_identity_not_the_position():

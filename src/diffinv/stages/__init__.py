@@ -14,6 +14,7 @@ point naming a module that calls :func:`register` on import).
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -104,8 +105,6 @@ def _put(out: dict[str, Any], path: str, value: Any) -> None:
 
 def select(cfg: Mapping[str, Any], paths: tuple[str, ...], drop: tuple[str, ...] = ()) -> dict[str, Any]:
     """The part of ``cfg`` at ``paths`` (dotted), without the sub-paths in ``drop``."""
-    import copy
-
     out: dict[str, Any] = {}
     for path in paths:
         _put(out, path, copy.deepcopy(_get(cfg, path)))
