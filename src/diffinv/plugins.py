@@ -54,6 +54,8 @@ BUILTINS: dict[str, dict[str, str]] = {
         "diffpir": "diffinv.guidance.diffpir:DiffPIR",
         "ddrm": "diffinv.guidance.ddrm:DDRM",
         "gaussian_score": "diffinv.guidance.gaussian_score:GaussianScore",
+        "admm_tv": "diffinv.guidance.admm_tv:ADMMTV",
+        "mmps": "diffinv.guidance.mmps:MMPS",
     },
     "search": {
         "smc": "diffinv.search.smc:SMC",
