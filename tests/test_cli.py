@@ -52,6 +52,8 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, capsys, config, message
             "mri",
             "--data",
             "x.zarr",
+            "--train-data",
+            "t.zarr",
             "--prior",
             "p",
             "--acceleration",

@@ -60,8 +60,14 @@ def _one_line_error(capsys, argv, *needles):
 
 
 def _sample(data, **kw):
-    root, _, val, prior = data
-    args = {"--data": str(val), "--prior": str(prior), "--acceleration": "4", "--method": "dpmpp_2m-dds"}
+    root, train, val, prior = data
+    args = {
+        "--data": str(val),
+        "--train-data": str(train),
+        "--prior": str(prior),
+        "--acceleration": "4",
+        "--method": "dpmpp_2m-dds",
+    }
     args.update(kw)
     return [
         "sample",
@@ -91,6 +97,18 @@ def test_a_store_of_another_kind_as_data_is_refused(data, capsys, tmp_path):
     _one_line_error(
         capsys, _sample(data, **{"--data": str(other)}), "era5.zarr", "not an ingested fastMRI store"
     )
+
+
+def test_a_store_of_another_kind_as_training_data_is_refused(data, capsys, tmp_path):
+    import xarray as xr
+
+    from diffinv.io.store import write_zarr
+
+    other = write_zarr(xr.Dataset({"t2m": (("time",), [1.0, 2.0])}), tmp_path / "era5.zarr")
+    _one_line_error(
+        capsys, _sample(data, **{"--train-data": str(other)}), "era5.zarr", "not an ingested fastMRI store"
+    )
+    assert not (data[0] / "out.zarr").exists()
 
 
 def test_a_prior_for_another_grid_is_refused(data, capsys, tmp_path):

@@ -13,9 +13,11 @@ from diffinv.diffusion.denoisers import NetworkDenoiser
 from diffinv.diffusion.networks import build_unet
 from diffinv.diffusion.schedule import VPSchedule
 from diffinv.io.fastmri import ingest
+from diffinv.operators.mri import fft2c
 from diffinv.stages.ads.acquisition import acquisition_steps, ads_metrics, greedy_mask, line_entropy, run_ads
 from diffinv.stages.core import Method, Sampling
 from diffinv.stages.mri.cases import load_cases
+from diffinv.stages.mri.cs import LambdaChoice
 from diffinv.stages.mri.run import reconstruct_case
 
 
@@ -85,8 +87,17 @@ def test_ads_store_holds_every_strategy_at_one_budget(data):
     )
     sampling = Sampling.from_config(cfg["mri"]["sampling"], samples=4, batch_size=4)
     method = Method("dpmpp_2m", "dds")
-    ds = run_ads(cases[:1], train, prior, 4, method, sampling, cfg["ads"], 0.08, 0, "cpu", {})
+    cs = LambdaChoice(0.01, [0.01], [0.0], [0.0], {"iterations": 20, "cg_steps": 4, "rho_factor": 5.0})
+    ds = run_ads(cases[:1], train, prior, 4, method, sampling, cfg["ads"], 0.08, 0, "cpu", {}, cs)
     assert list(ds["strategy"].values) == ["ads", "random", "equispaced", "variable_density", "greedy"]
+    assert ds["cs"].dims == ("strategy", "case", "y", "x") and ds.attrs["cs_lambda"] == 0.01
+    # the CS reconstruction of each strategy is consistent with that strategy's own mask
+    for s in range(ds.sizes["strategy"]):
+        mask = torch.as_tensor(ds["mask"].values[s, 0])
+        kspace = fft2c(torch.as_tensor(ds["cs"].values[s, 0]) / cases[0].scale * cases[0].sensitivities)
+        measured = cases[0].kspace
+        rel = float((mask * (kspace - measured)).abs().norm() / (mask * measured).abs().norm())
+        assert rel < 0.2, (s, rel)
     assert all("long_name" in ds[d].attrs for d in ds.dims), "every dimension has a described coordinate"
     assert (ds["mask"].values.sum(-1) == 4).all(), "every strategy gets exactly W/R lines"
     order = ds["acquisition_order"].values[0]
@@ -95,7 +106,8 @@ def test_ads_store_holds_every_strategy_at_one_budget(data):
     )
     assert np.isnan(ds["entropy"].values[0, -1, order[:-1]]).all(), "acquired lines have no entropy"
     rows = ads_metrics(ds)
-    assert len(rows) == 5 and all(np.isfinite(r["ssim"]) for r in rows)
+    assert len(rows) == 10 and all(np.isfinite(r["ssim"]) for r in rows)
+    assert {r["reconstruction"] for r in rows} == {"posterior_mean", "cs"}
 
 
 @pytest.mark.parametrize("reconstruction", ["resample", "continue"])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 
 from diffinv.errors import InputError
 from diffinv.io.store import atomic_path, open_zarr
@@ -14,8 +15,32 @@ from diffinv.metrics import image_metrics
 from diffinv.plots import plot_case
 from diffinv.uncertainty import interval_coverage
 
-RECONSTRUCTIONS = {"posterior_mean": "mean", "zero_filled": "zero_filled", "no_prior": "no_prior"}
+RECONSTRUCTIONS = {"posterior_mean": "mean", "zero_filled": "zero_filled", "no_prior": "no_prior", "cs": "cs"}
 COVERAGE_LEVELS = (0.5, 0.9, 0.95)
+COINCIDE_NOTE = "= no_prior (single coil: data consistency leaves A^H y unchanged)"
+ZERO_FILLED_COINCIDING = "zero-filled (= no-prior data consistency, single coil)"
+
+
+def baselines_coincide(ds: xr.Dataset, rtol: float = 1e-5) -> bool:
+    """Whether the store's no-prior baseline equals zero-filled on every case.
+
+    On single-coil Cartesian data AᴴA is a projection, so data-consistency CG started at
+    Aᴴy does not move and the no-prior baseline is Aᴴy (up to rounding; the value clip
+    could change that, hence the check on the data rather than on the operator). The two
+    are then presented once, as zero-filled.
+    """
+    if "no_prior" not in ds or "zero_filled" not in ds:
+        return False
+    zf, npr = ds["zero_filled"].values, ds["no_prior"].values
+    return bool(np.abs(npr - zf).max() <= rtol * max(float(np.abs(zf).max()), 1e-30))
+
+
+def present_reconstructions(ds: xr.Dataset) -> dict[str, str]:
+    """Reconstruction name -> store variable of the rows to report (coinciding baselines once)."""
+    recons = {r: v for r, v in RECONSTRUCTIONS.items() if v in ds}
+    if baselines_coincide(ds):
+        recons.pop("no_prior")
+    return recons
 
 
 def evaluate_store(store: Path) -> pd.DataFrame:
@@ -28,16 +53,21 @@ def evaluate_store(store: Path) -> pd.DataFrame:
             "evaluate stores made from train/val files",
         )
     rows = []
+    recons = present_reconstructions(ds)
+    coincide = "no_prior" not in recons and "no_prior" in ds
     for i, case in enumerate(ds["case"].values):
         sl = ds.isel(case=i).load()
         truth = np.abs(sl["truth"].values)
-        for recon, var in RECONSTRUCTIONS.items():
+        for recon, var in recons.items():
             row = {
                 "case": str(case),
                 "method": ds.attrs["method"],
                 "acceleration": int(ds.attrs["acceleration"]),
                 "reconstruction": recon,
+                "note": COINCIDE_NOTE if coincide and recon == "zero_filled" else "",
             }
+            if recon == "cs":
+                row["note"] = f"TV-SENSE, lambda={float(ds.attrs['cs_lambda']):.3g} (training slices)"
             row.update(image_metrics(truth, sl[var].values))
             if recon == "posterior_mean":
                 cover = interval_coverage(np.abs(sl["samples"].values), truth, COVERAGE_LEVELS)
@@ -52,20 +82,24 @@ def evaluate_store(store: Path) -> pd.DataFrame:
 
 
 def case_figures(store: Path, folder: Path) -> list[Path]:
-    """A PNG per case: truth, zero-filled, no-prior, posterior mean, |error|, std."""
+    """A PNG per case: truth, zero-filled, no-prior, CS, posterior mean, |error|, std.
+
+    Where no-prior equals zero-filled (single coil) one panel shows both, labelled so.
+    """
     ds = open_zarr(store)
     folder.mkdir(parents=True, exist_ok=True)
+    recons = present_reconstructions(ds)
+    coincide = "no_prior" not in recons and "no_prior" in ds
     paths = []
     for i, case in enumerate(ds["case"].values):
         sl = ds.isel(case=i).load()
         panels = {"truth": sl["truth"].values} if "truth" in sl else {}
-        panels.update(
-            {
-                "zero-filled": sl["zero_filled"].values,
-                "no prior": sl["no_prior"].values,
-                "posterior mean": sl["mean"].values,
-            }
-        )
+        panels[ZERO_FILLED_COINCIDING if coincide else "zero-filled"] = sl["zero_filled"].values
+        if "no_prior" in recons:
+            panels["no prior"] = sl["no_prior"].values
+        if "cs" in recons:
+            panels[f"CS (TV, λ={float(ds.attrs['cs_lambda']):.3g})"] = sl["cs"].values
+        panels["posterior mean"] = sl["mean"].values
         title = f"{case}  {ds.attrs['method']}  {ds.attrs['acceleration']}x  ({sl.sizes['sample']} samples)"
         paths.append(plot_case(panels, sl["std"].values, title, folder / f"case{i:03d}.png"))
     return paths
@@ -84,11 +118,17 @@ def evaluate(stores: Sequence[Path], metrics_csv: Path, figures: Path | None = N
 
 
 def summarise(metrics: Sequence[Path], out_csv: Path) -> pd.DataFrame:
-    """Mean metrics per (method, acceleration, reconstruction) over cases."""
+    """Mean metrics per (method, acceleration, reconstruction) over cases, with each row's note
+    (e.g. that zero-filled is also the no-prior baseline, or the CS weight)."""
     table = pd.concat([pd.read_csv(m) for m in metrics], ignore_index=True)
-    numeric = [c for c in table.columns if c not in ("case", "method", "acceleration", "reconstruction")]
-    summary = table.groupby(["method", "acceleration", "reconstruction"], as_index=False)[numeric].mean()
-    summary.insert(3, "cases", table.groupby(["method", "acceleration", "reconstruction"]).size().values)
+    keys = ["method", "acceleration", "reconstruction"]
+    numeric = [c for c in table.columns if c not in ("case", "note", *keys)]
+    groups = table.groupby(keys)
+    summary = table.groupby(keys, as_index=False)[numeric].mean()
+    summary.insert(3, "cases", groups.size().values)
+    if "note" in table:
+        notes = groups["note"].agg(lambda v: "; ".join(sorted({str(n) for n in v.dropna() if str(n)})))
+        summary["note"] = notes.values
     with atomic_path(out_csv) as tmp:
         summary.to_csv(tmp, index=False, float_format="%.4g")
     return summary
@@ -110,16 +150,21 @@ def evaluate_ads(store: Path, metrics_csv: Path, figures: Path) -> pd.DataFrame:
     with atomic_path(metrics_csv) as tmp:
         table.to_csv(tmp, index=False, float_format="%.5g")
     strategies = [str(s) for s in ds["strategy"].values]
+    posterior = table[table["reconstruction"] == "posterior_mean"]
     with atomic_path(figures) as tmp:
         tmp.mkdir(parents=True)
         for c, case in enumerate(ds["case"].values):
-            per_case = table[table["case"] == str(case)].set_index("strategy")["ssim"]
+            per_case = posterior[posterior["case"] == str(case)].set_index("strategy")["ssim"]
             best_baseline = per_case.drop("ads").idxmax()
             images = {
                 "truth": ds["truth"].values[c],
                 "ADS mean": ds["mean"].sel(strategy="ads").values[c],
                 f"{best_baseline} mean": ds["mean"].sel(strategy=best_baseline).values[c],
             }
+            if "cs" in ds:
+                images[f"CS (TV, λ={float(ds.attrs['cs_lambda']):.3g}), ADS mask"] = (
+                    ds["cs"].sel(strategy="ads").values[c]
+                )
             masks = {s: ds["mask"].sel(strategy=s).values[c] for s in strategies}
             title = (
                 f"{case}  ADS {ds.attrs['acceleration']}x ({ds.attrs['lines']} lines)  "
@@ -138,14 +183,19 @@ def evaluate_ads(store: Path, metrics_csv: Path, figures: Path) -> pd.DataFrame:
 
 
 def summarise_ads(metrics: Sequence[Path], out_csv: Path) -> pd.DataFrame:
-    """Mean metrics per (acceleration, strategy), with ADS's SSIM gain over the best fixed mask."""
+    """Mean metrics per (acceleration, strategy, reconstruction), with ADS's SSIM gain over the
+    best fixed mask (posterior means; the CS rows compare the masks without a prior)."""
     table = pd.concat([pd.read_csv(m) for m in metrics], ignore_index=True)
-    summary = table.groupby(["acceleration", "lines", "strategy"], as_index=False)[
+    if "reconstruction" not in table:  # metrics written before the CS baseline
+        table["reconstruction"] = "posterior_mean"
+    summary = table.groupby(["acceleration", "lines", "strategy", "reconstruction"], as_index=False)[
         ["psnr", "ssim", "nmse"]
     ].mean()
-    best_fixed = summary[summary["strategy"] != "ads"].groupby("acceleration")["ssim"].max()
-    ads_ssim = summary[summary["strategy"] == "ads"].set_index("acceleration")["ssim"]
-    summary["ssim_gain_of_ads_over_best_fixed"] = summary["acceleration"].map(ads_ssim - best_fixed)
+    posterior = summary[summary["reconstruction"] == "posterior_mean"]
+    best_fixed = posterior[posterior["strategy"] != "ads"].groupby("acceleration")["ssim"].max()
+    ads_ssim = posterior[posterior["strategy"] == "ads"].set_index("acceleration")["ssim"]
+    gain = summary["acceleration"].map(ads_ssim - best_fixed)
+    summary["ssim_gain_of_ads_over_best_fixed"] = gain.where(summary["reconstruction"] == "posterior_mean")
     with atomic_path(out_csv) as tmp:
         summary.to_csv(tmp, index=False, float_format="%.4g")
     return summary

@@ -21,6 +21,11 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 
 def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="ingested store to reconstruct (.zarr)")
+    p.add_argument(
+        "--train-data",
+        required=True,
+        help="ingested training store (.zarr): the CS baseline's lambda is chosen on its slices",
+    )
     p.add_argument("--prior", required=True, help="checkpoint folder (model.safetensors + config.json)")
     p.add_argument("--acceleration", type=positive_int, required=True, help="undersampling factor R (R >= 1)")
     p.add_argument("--method", required=True, help="SOLVER-GUIDANCE[-SEARCH], one of mri.sampling.methods")

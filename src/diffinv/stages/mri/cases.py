@@ -8,7 +8,7 @@ the operator and measurement, and the zero-filled and no-prior baselines.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,21 +94,25 @@ class CaseSource:
 
     def __iter__(self) -> Iterator[MRICase]:
         """Cases in store order; memory holds one chunk of k-space at a time."""
-        ds, n = self.ds, self.count
-        labels = [f"{f}:{int(i)}" for f, i in zip(ds["file"].values[:n], ds["slice_in_file"].values[:n])]
-        num_low_all = ds["num_low_frequency"].values[:n]
+        for start in range(0, self.count, self.chunk):
+            yield from self.take(range(start, min(self.count, start + self.chunk)))
+
+    def take(self, indices: Iterable[int]) -> list[MRICase]:
+        """The cases at store positions ``indices``, in store order (read together)."""
+        ds = self.ds
+        idx = sorted({int(i) for i in indices})
+        files, numbers = ds["file"].values[idx], ds["slice_in_file"].values[idx]
+        labels = [f"{f}:{int(i)}" for f, i in zip(files, numbers)]
         default_low = max(2, int(round(self.grid[1] * self.center_fraction)))
-        for start in range(0, n, self.chunk):
-            stop = min(n, start + self.chunk)
-            block = ds.isel(slice=slice(start, stop))
-            kspace, acquired = block["kspace"].values, block["mask"].values
-            lows = [int(v) or default_low for v in num_low_all[start:stop]]
-            cases: list[MRICase] = []
-            for low in sorted(set(lows)):
-                idx = [i for i, v in enumerate(lows) if v == low]
-                cases += prepare_cases(kspace[idx], acquired[idx], [labels[start + i] for i in idx], low)
-            order = {label: i for i, label in enumerate(labels[start:stop])}
-            yield from sorted(cases, key=lambda c: order[c.label])
+        lows = [int(v) or default_low for v in ds["num_low_frequency"].values[idx]]
+        block = ds.isel(slice=idx)
+        kspace, acquired = block["kspace"].values, block["mask"].values
+        cases: list[MRICase] = []
+        for low in sorted(set(lows)):
+            pos = [i for i, v in enumerate(lows) if v == low]
+            cases += prepare_cases(kspace[pos], acquired[pos], [labels[i] for i in pos], low)
+        order = {label: i for i, label in enumerate(labels)}
+        return sorted(cases, key=lambda c: order[c.label])
 
 
 def load_cases(
@@ -126,6 +130,18 @@ def training_images(store: Path, center_fraction: float) -> Tensor:
             store, "no fully sampled slices to train on", "train on fastMRI train/val files, not test files"
         )
     return torch.stack(images)
+
+
+def tuning_cases(store: Path, center_fraction: float, count: int) -> list[MRICase]:
+    """``count`` fully sampled slices spread evenly over a (training) store, for tuning baselines."""
+    source = CaseSource(store, center_fraction)
+    picks = np.unique(np.linspace(0, len(source) - 1, min(count, len(source))).round().astype(int))
+    cases = [c for c in source.take(picks.tolist()) if c.truth is not None]
+    if not cases:
+        raise InputError(
+            store, "no fully sampled slices to tune the CS baseline on", "pass the training store"
+        )
+    return cases
 
 
 def case_mask(

@@ -34,6 +34,7 @@ from diffinv.stages.mri.cases import (
     case_problem,
     training_images,
 )
+from diffinv.stages.mri.cs import LambdaChoice, choose_lambda, cs_long_name, cs_reconstruction
 
 
 def reconstruct_case(
@@ -59,18 +60,25 @@ def reconstruct_blocks(
     seed: int,
     device: str,
     record: dict[str, Any],
+    cs: LambdaChoice | None = None,
 ) -> Iterator[xr.Dataset]:
     """Posterior Datasets of ``settings['case_block']`` cases at a time (zarr contract, design §4).
 
     ``settings`` is the validated ``mri.sampling`` section. ``cases`` may be a lazy
     :class:`CaseSource`: memory then holds one block of samples and one chunk of k-space.
-    Every block carries the same attributes and provenance.
+    Every block carries the same attributes and provenance. With ``cs`` (λ chosen on
+    training slices, :func:`~diffinv.stages.mri.cs.choose_lambda`) the blocks also hold
+    the compressed-sensing baseline ``cs``, reconstructed a block at a time.
     """
     sampling = Sampling.from_config(settings)
     block = settings["case_block"]
     clip = getattr(prior, "clip", None)
-    attrs = {"acceleration": acceleration, "method": method.name}
-    prov = sampling_provenance(record, prior, method, sampling, seed, device, acceleration=acceleration)
+    attrs: dict[str, Any] = {"acceleration": acceleration, "method": method.name}
+    extra: dict[str, Any] = {"acceleration": acceleration}
+    if cs is not None:
+        attrs.update(cs_lambda=cs.value, cs_lambda_grid=cs.grid, cs_grid_ssim=cs.ssim)
+        extra["cs"] = cs.as_dict()
+    prov = sampling_provenance(record, prior, method, sampling, seed, device, **extra)
     bar = progress(len(cases), f"sample mri {acceleration}x {method.name}")
     remaining = iter(cases)
     while part := list(islice(remaining, block)):
@@ -88,6 +96,13 @@ def reconstruct_blocks(
             no_prior.append(to_complex(npr, case.scale))
             bar.update(1)
         ds = _block_dataset(part, results, masks, zero_filled, no_prior)
+        if cs is not None:
+            images = cs_reconstruction(part, masks, cs, device)
+            ds["cs"] = (
+                ("case", "y", "x"),
+                np.stack([to_complex(x, c.scale) for x, c in zip(images, part)]),
+                {"long_name": cs_long_name(cs.value), "units": "a.u."},
+            )
         ds.attrs.update(attrs)
         yield set_provenance(ds, prov)
     bar.close()
@@ -196,9 +211,10 @@ def reconstruct(
     seed: int,
     device: str,
     record: dict[str, Any],
+    cs: LambdaChoice | None = None,
 ) -> xr.Dataset:
     """All blocks of :func:`reconstruct_blocks` in memory (tests, benchmarks, notebooks)."""
-    args = (cases, prior, acceleration, method, settings, center_fraction, seed, device, record)
+    args = (cases, prior, acceleration, method, settings, center_fraction, seed, device, record, cs)
     blocks = list(reconstruct_blocks(*args))
     ds = xr.concat(blocks, dim="case", data_vars="minimal", coords="minimal", compat="override")
     ds.attrs = dict(blocks[0].attrs)
@@ -249,7 +265,10 @@ def train(args: argparse.Namespace, cfg: dict[str, Any], device: str) -> None:
 
 
 def sample(args: argparse.Namespace, cfg: dict[str, Any], device: str) -> None:
-    """``diffinv sample mri``: posterior store of one method at one acceleration, written in blocks."""
+    """``diffinv sample mri``: posterior store of one method at one acceleration, written in blocks.
+
+    The CS baseline's λ is chosen first, on slices of ``--train-data`` only.
+    """
     from diffinv.io.store import write_zarr_blocks
 
     mri = cfg["mri"]
@@ -257,7 +276,23 @@ def sample(args: argparse.Namespace, cfg: dict[str, Any], device: str) -> None:
     block = mri["sampling"]["case_block"]
     cases = CaseSource(Path(args.data), mri["data"]["center_fraction"], mri["data"]["cases"], chunk=block)
     prior = load_prior(Path(args.prior), cases.grid, Path(args.data), device)
-    record = {"step": "sample mri", "config": cfg, "data": str(args.data), "prior": str(args.prior)}
+    record = {
+        "step": "sample mri",
+        "config": cfg,
+        "data": str(args.data),
+        "train_data": str(args.train_data),
+        "prior": str(args.prior),
+    }
+    sampling = mri["sampling"]
+    cs = choose_lambda(
+        Path(args.train_data),
+        args.acceleration,
+        sampling["mask"]["kind"],
+        mri["data"]["center_fraction"],
+        sampling["cs"],
+        cfg["seed"],
+        device,
+    )
     blocks = reconstruct_blocks(
         cases,
         prior,
@@ -268,6 +303,7 @@ def sample(args: argparse.Namespace, cfg: dict[str, Any], device: str) -> None:
         cfg["seed"],
         device,
         record,
+        cs,
     )
     write_zarr_blocks(blocks, Path(args.output), "case")
     print(f"wrote {args.output} ({len(cases)} cases)")
