@@ -93,6 +93,28 @@ def _cmd_demo_data(args: argparse.Namespace) -> None:
     print(f"wrote {len(paths)} files under {args.output}")
 
 
+def _cmd_report_table(args: argparse.Namespace) -> None:
+    from diffinv.report import write_table
+
+    print(f"wrote {write_table(Path(args.csv), Path(args.output), args.title)}")
+
+
+def _cmd_quicklook(args: argparse.Namespace) -> None:
+    from diffinv import quicklook
+
+    func = quicklook.QUICKLOOKS[args.source][0]
+    options = {"era5": ("variable", "level", "time"), "igra": ("stations",), "ct": ("projection",)}
+    given = {k: getattr(args, k) for k in ("variable", "level", "time", "stations", "projection")}
+    wrong = sorted(k for k, v in given.items() if v is not None and k not in options[args.source])
+    if wrong:
+        raise DiffinvError(
+            f"quicklook {args.source}: --{', --'.join(wrong)} not used by this source "
+            f"(fix: use {', '.join('--' + o for o in options[args.source])})"
+        )
+    kwargs = {k: v for k, v in given.items() if v is not None}
+    print(f"wrote {func(Path(args.store), Path(args.output), **kwargs)}")
+
+
 def _cmd_plugins(args: argparse.Namespace) -> None:
     from diffinv.plugins import describe_plugins
 
@@ -137,6 +159,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="generator option (repeatable)"
     )
     demo.set_defaults(func=_cmd_demo_data)
+
+    table = verbs.add_parser("report-table", help="a summary CSV as an HTML table for the Snakemake report")
+    table.add_argument("csv", help="summary CSV written by 'diffinv summarise' or 'diffinv ads-summarise'")
+    table.add_argument(
+        "-o", "--output", required=True, help="output .html file (table, caption, column notes)"
+    )
+    table.add_argument("--title", default="Summary", help="the table's caption (default: Summary)")
+    table.set_defaults(func=_cmd_report_table)
+
+    from diffinv.quicklook import QUICKLOOKS
+
+    look = verbs.add_parser("quicklook", help="a quick-look PNG of an ingested store, for the report")
+    look.add_argument(
+        "source",
+        choices=sorted(QUICKLOOKS),
+        help="; ".join(f"{k}: {what}" for k, (_, what) in QUICKLOOKS.items()),
+    )
+    look.add_argument("store", help="the .zarr store written by 'diffinv ingest SOURCE'")
+    look.add_argument("-o", "--output", required=True, help="output .png file")
+    look.add_argument("--variable", help="era5: variable to map (default: t2m, t, z, ... whichever is first)")
+    look.add_argument("--level", type=float, help="era5: pressure level in hPa, nearest (default 500)")
+    look.add_argument("--time", help="era5: ISO 8601 time, nearest (default: the first)")
+    look.add_argument("--stations", type=int, help="igra: number of stations drawn (default 4)")
+    look.add_argument(
+        "--projection", type=int, help="ct: index of the sinogram drawn (default: the middle one)"
+    )
+    look.set_defaults(func=_cmd_quicklook)
 
     plugins = verbs.add_parser("plugins", help="list installed solvers, guidance and search methods")
     plugins.set_defaults(func=_cmd_plugins)

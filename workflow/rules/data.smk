@@ -31,11 +31,10 @@ rule demo_era5:
     conda:
         "../../envs/cpu.yaml"
     params:
-        cli=DIFFINV,
         seed=DATA_SEED,
         opts=DATA_SET["era5", "demo"],
     shell:
-        "{params.cli} demo-data era5 -o {output} --seed {params.seed} {params.opts} > {log} 2>&1"
+        "python -m diffinv demo-data era5 -o {output} --seed {params.seed} {params.opts} > {log} 2>&1"
 
 
 rule demo_igra:
@@ -48,11 +47,10 @@ rule demo_igra:
     conda:
         "../../envs/cpu.yaml"
     params:
-        cli=DIFFINV,
         seed=DATA_SEED,
         opts=DATA_SET["igra", "demo"],
     shell:
-        "{params.cli} demo-data igra -o {output} --seed {params.seed} --set era5={input.era5}"
+        "python -m diffinv demo-data igra -o {output} --seed {params.seed} --set era5={input.era5}"
         " {params.opts} > {log} 2>&1"
 
 
@@ -64,11 +62,10 @@ rule demo_ct:
     conda:
         "../../envs/cpu.yaml"
     params:
-        cli=DIFFINV,
         seed=DATA_SEED,
         opts=DATA_SET["ct", "demo"],
     shell:
-        "{params.cli} demo-data ct -o {output} --seed {params.seed} {params.opts} > {log} 2>&1"
+        "python -m diffinv demo-data ct -o {output} --seed {params.seed} {params.opts} > {log} 2>&1"
 
 
 rule ingest_era5:
@@ -81,10 +78,9 @@ rule ingest_era5:
     conda:
         "../../envs/cpu.yaml"
     params:
-        cli=DIFFINV,
         opts=DATA_SET["era5", "options"],
     shell:
-        "{params.cli} ingest era5 {input} -o {output} {params.opts} > {log} 2>&1"
+        "python -m diffinv ingest era5 {input} -o {output} {params.opts} > {log} 2>&1"
 
 
 rule ingest_igra:
@@ -97,10 +93,9 @@ rule ingest_igra:
     conda:
         "../../envs/cpu.yaml"
     params:
-        cli=DIFFINV,
         opts=DATA_SET["igra", "options"],
     shell:
-        "{params.cli} ingest igra {input} -o {output} {params.opts} > {log} 2>&1"
+        "python -m diffinv ingest igra {input} -o {output} {params.opts} > {log} 2>&1"
 
 
 rule ingest_ct:
@@ -113,7 +108,31 @@ rule ingest_ct:
     conda:
         "../../envs/cpu.yaml"
     params:
-        cli=DIFFINV,
         opts=DATA_SET["ct", "options"],
     shell:
-        "{params.cli} ingest ct {input} -o {output} {params.opts} > {log} 2>&1"
+        "python -m diffinv ingest ct {input} -o {output} {params.opts} > {log} 2>&1"
+
+
+# Quick-look figures of the ingested stores, for the report (category Data).
+QUICKLOOK_NAMES = {"era5": "ERA5", "igra": "IGRA", "ct": "CT"}
+
+
+rule quicklook_data:
+    input:
+        "results/data/{source}.zarr",
+    output:
+        report(
+            "results/data/quicklook/{source}.png",
+            caption="../report/quicklook.rst",
+            category="Data",
+            subcategory=lambda wildcards: QUICKLOOK_NAMES[wildcards.source],
+            labels={"source": "{source}", "figure": "quick look"},
+        ),
+    log:
+        "logs/data/quicklook_{source}.log",
+    wildcard_constraints:
+        source="era5|igra|ct",
+    conda:
+        "../../envs/cpu.yaml"
+    shell:
+        "python -m diffinv quicklook {wildcards.source} {input} -o {output} > {log} 2>&1"
