@@ -19,11 +19,14 @@ wildcard_constraints:
     acc=r"\d+",
     method=r"[A-Za-z0-9_]+-[A-Za-z0-9_]+(-[A-Za-z0-9_]+)?",
     split=r"train|eval",
+    task=r"[A-Za-z0-9_]+",
+    ctmethod=r"[A-Za-z0-9_]+",
 
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/mri.smk"
 include: "workflow/rules/ads.smk"
+include: "workflow/rules/ct3d.smk"
 
 
 rule all:

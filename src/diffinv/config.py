@@ -69,23 +69,25 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
 
 def _check_network(cfg: dict[str, Any], source: str) -> None:
     """Group normalisation needs every width of the prior's UNet divisible by ``norm_groups``."""
-    net = cfg.get("mri", {}).get("prior", {}).get("network")
-    if not net:
-        return
-    bad = [w for w in net["widths"] if w % net["norm_groups"]]
-    if bad:
-        raise ConfigError(
-            f"{source}: mri.prior.network.widths: {bad} not divisible by norm_groups {net['norm_groups']} "
-            "(fix: use widths that are multiples of norm_groups, or lower norm_groups)"
-        )
+    for stage in ("mri", "ct3d"):
+        net = cfg.get(stage, {}).get("prior", {}).get("network")
+        if not net:
+            continue
+        bad = [w for w in net["widths"] if w % net["norm_groups"]]
+        if bad:
+            raise ConfigError(
+                f"{source}: {stage}.prior.network.widths: {bad} not divisible by norm_groups "
+                f"{net['norm_groups']} (fix: use multiples of norm_groups as widths, or lower norm_groups)"
+            )
 
 
 def _check_methods(cfg: dict[str, Any], source: str) -> None:
     """Plug-in names and options of every method, and distinct method names, checked before any job runs."""
     methods = cfg["mri"]["sampling"]["methods"]
     entries = [(f"mri.sampling.methods[{i}]", m) for i, m in enumerate(methods)]
+    ct3d = [(f"ct3d.sampling.methods[{i}]", m) for i, m in enumerate(cfg["ct3d"]["sampling"]["methods"])]
     try:
-        for where, method in entries + [("ads.method", cfg["ads"]["method"])]:
+        for where, method in entries + ct3d + [("ads.method", cfg["ads"]["method"])]:
             for kind in (k for k in GROUPS if method.get(k)):
                 check_options(kind, method[kind], method.get(f"{kind}_options", {}), where)
     except ConfigError as exc:
@@ -99,6 +101,25 @@ def _check_methods(cfg: dict[str, Any], source: str) -> None:
                 "(fix: remove one; methods are named SOLVER-GUIDANCE[-SEARCH], options do not count)"
             )
         first[name] = where
+    _check_unique(ct3d, "name", source)
+    _check_unique([(f"ct3d.tasks[{i}]", t) for i, t in enumerate(cfg["ct3d"]["tasks"])], "name", source)
+    for i, task in enumerate(cfg["ct3d"]["tasks"]):
+        if "views" not in task and "wedge" not in task:
+            raise ConfigError(
+                f"{source}: ct3d.tasks[{i}]: neither views nor wedge (fix: give views: N or wedge: DEGREES)"
+            )
+
+
+def _check_unique(entries: list[tuple[str, dict[str, Any]]], key: str, source: str) -> None:
+    """Every entry's ``key`` is distinct."""
+    first: dict[str, str] = {}
+    for where, entry in entries:
+        if entry[key] in first:
+            raise ConfigError(
+                f"{source}: {where}: {key} {entry[key]!r} is also that of {first[entry[key]]} "
+                "(fix: rename one)"
+            )
+        first[entry[key]] = where
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

@@ -39,12 +39,9 @@ def snakemake(workdir: Path, *args: str, extra_config: Path | None = None) -> su
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("dag")
-    shutil.copytree(ROOT / "config", workdir / "config")
-    result = snakemake(workdir)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return workdir
+def run(demo_run):
+    """The session's tiny demo run (tests/integration/conftest.py), shared with the report test."""
+    return demo_run
 
 
 def test_dag_writes_posteriors_following_the_zarr_contract(run):
@@ -62,6 +59,7 @@ def test_dag_writes_posteriors_following_the_zarr_contract(run):
             "mask",
             "zero_filled",
             "no_prior",
+            "cs",
             "hallucination_score",
             "relative_residual",
         ):
@@ -79,7 +77,8 @@ def test_dag_writes_posteriors_following_the_zarr_contract(run):
         figures = sorted((run / f"results/mri/tiny/4x/{method}/figures").glob("*.png"))
         assert len(figures) == 2
     summary = pd.read_csv(run / "results/mri/tiny/summary.csv")
-    assert set(summary["reconstruction"]) == {"posterior_mean", "zero_filled", "no_prior"}
+    # tiny data are multi-coil: no-prior differs from zero-filled and keeps its row
+    assert set(summary["reconstruction"]) == {"posterior_mean", "zero_filled", "no_prior", "cs"}
     assert summary["psnr"].notna().all() and (summary["cases"] == 2).all()
     assert (run / "results/mri/tiny/prior/loss.png").stat().st_size > 0
     ads = open_zarr(run / "results/ads/tiny/4x/ads.zarr")
@@ -94,6 +93,31 @@ def test_dag_writes_posteriors_following_the_zarr_contract(run):
     assert len(list((run / "results/ads/tiny/4x/figures").glob("*.png"))) == 1
     for source in ("era5", "igra", "ct"):
         assert get_provenance(open_zarr(run / f"results/data/{source}.zarr"))
+
+
+def test_ct3d_stage_writes_volumes_with_baselines_metrics_and_figures(run):
+    """Tiny CT store: 3 volumes of 4 slices, 2 train the prior, the third is reconstructed."""
+    import numpy as np
+
+    ct = open_zarr(run / "results/data/ct.zarr")
+    for task, views in (("sv4", 4), ("la90", 6)):  # 12 views over 180 degrees: 6 inside 90
+        for method in ("fast", "slicewise"):
+            ds = open_zarr(run / f"results/ct3d/tiny/{task}/{method}/posterior.zarr")
+            assert ds["samples"].dims == ("volume", "sample", "z", "y", "x")
+            assert ds.sizes["volume"] == 1 and ds.sizes["sample"] == 2 and ds.sizes["z"] == 4
+            assert ds.attrs["views"] == views and len(ds.attrs["angles_deg"]) == views
+            np.testing.assert_array_equal(ds["reference"].values[0], ct["truth"].values[8:12])
+            assert list(ds["z"].values) == [8, 9, 10, 11]
+            assert ds["x"].attrs["units"] == "m" and ds["mean"].attrs["units"].startswith("1")
+            assert float(ds["nfe"].values[0]) == 3.0
+            assert get_provenance(ds)["method"]["guidance"] == ("admm_tv" if method == "fast" else "dds")
+            assert len(list((run / f"results/ct3d/tiny/{task}/{method}/figures").glob("*.png"))) == 1
+    summary = pd.read_csv(run / "results/ct3d/tiny/summary.csv")
+    assert set(summary["method"]) == {"fast", "slicewise", "-"}
+    assert set(summary["view"]) == {"axial", "coronal", "sagittal"}
+    assert len(summary) == 2 * (2 + 2) * 3  # tasks x (2 methods + FBP + TV) x views
+    assert summary["psnr"].notna().all() and (summary["ssim"] <= 1).all()
+    assert (run / "results/ct3d/tiny/summary.html").stat().st_size > 0
 
 
 def _scheduled(out: str) -> set[str]:
@@ -130,7 +154,17 @@ UPSTREAM = {
         (
             {"mri": {"prior": {"train": {"steps": 21}}}},
             {"train_prior_mri", "sample_mri", "ads_mri", "all"},
-            UPSTREAM,
+            UPSTREAM | {"train_prior_ct3d", "sample_ct3d"},
+        ),
+        (
+            {"ct3d": {"sampling": {"steps": 4}}},
+            {"sample_ct3d", "evaluate_ct3d", "summarise_ct3d", "all"},
+            UPSTREAM | {"train_prior_ct3d", "train_prior_mri", "sample_mri", "ads_mri"},
+        ),
+        (
+            {"ct3d": {"prior": {"train": {"steps": 21}}}},
+            {"train_prior_ct3d", "sample_ct3d", "all"},
+            UPSTREAM | {"train_prior_mri", "sample_mri", "ads_mri"},
         ),
         (
             {
@@ -147,7 +181,7 @@ UPSTREAM = {
             UPSTREAM | {"train_prior_mri", "ads_mri"},
         ),
     ],
-    ids=["sampling-key", "ads-key", "prior-key", "one-method"],
+    ids=["sampling-key", "ads-key", "prior-key", "one-method", "ct3d-sampling-key", "ct3d-prior-key"],
 )
 def test_an_edit_reruns_only_the_jobs_it_affects(run, tmp_path, edit, reruns, spared):
     """Each job's params hold only its config paths: an edit reschedules what depends on it."""

@@ -64,18 +64,24 @@ print("RULES=" + json.dumps(out))
 
 
 def gpu_rules_in_sources() -> set[str]:
-    """Rules whose `resources:` declare gpu=1, read from workflow/rules/*.smk."""
+    """Rules whose `resources:` declare gpu=GPU (1 on a GPU run), read from workflow/rules/*.smk."""
     found = set()
     for smk in sorted(RULES.glob("*.smk")):
         for block in re.split(r"(?m)^(?=rule \w+:)", smk.read_text()):
             name = re.match(r"rule (\w+):", block)
-            if name and re.search(r"(?m)^\s+gpu\s*=\s*1\s*,?\s*$", block):
+            if name and re.search(r"(?m)^\s+gpu\s*=\s*GPU\s*,?\s*$", block):
                 found.add(name.group(1))
     return found
 
 
 def test_gpu_rules_are_found():
-    assert {"train_prior_mri", "sample_mri", "ads_mri"} <= gpu_rules_in_sources()
+    assert {
+        "train_prior_mri",
+        "sample_mri",
+        "ads_mri",
+        "train_prior_ct3d",
+        "sample_ct3d",
+    } <= gpu_rules_in_sources()
 
 
 @pytest.fixture
@@ -98,7 +104,8 @@ def parsed_rules(workdir: Path, config: dict) -> dict:
 
 @pytest.mark.parametrize("conda_env", [None, "cpu", "cuda"])
 def test_conda_env_switch_selects_the_gpu_rules_environment(workdir, conda_env):
-    rules = parsed_rules(workdir, {} if conda_env is None else {"conda_env": conda_env})
+    config = {"device": "cuda", **({} if conda_env is None else {"conda_env": conda_env})}
+    rules = parsed_rules(workdir, config)
     gpu_env = CUDA_ENV if conda_env == "cuda" else CPU_ENV
     gpu_rules = gpu_rules_in_sources()
     assert {name for name, (_, gpu) in rules.items() if gpu == 1} == gpu_rules
@@ -108,6 +115,12 @@ def test_conda_env_switch_selects_the_gpu_rules_environment(workdir, conda_env):
             continue
         want = gpu_env if name in gpu_rules else CPU_ENV
         assert env == str(want), (name, env)
+
+
+def test_cpu_runs_hold_no_gpu_so_jobs_run_side_by_side(workdir):
+    """On device cpu no job holds the profile's single `gpu`, so --cores N runs N jobs at once."""
+    rules = parsed_rules(workdir, {"device": "cpu"})
+    assert all(gpu in (None, 0) for _, gpu in rules.values()), rules
 
 
 def dry_run_sdm_conda(workdir: Path, *args: str) -> subprocess.CompletedProcess:

@@ -14,15 +14,14 @@ rule ads_mri:
         GPU_ENV
     threads: config["threads"]
     resources:
-        gpu=1,
+        gpu=GPU,
         device=DEVICE,
     params:
-        cli=DIFFINV,
         config=job_config("ads", "sample"),
     shell:
-        "OMP_NUM_THREADS={threads} {params.cli} sample ads --data {input.data} "
+        "OMP_NUM_THREADS={threads} python -m diffinv sample ads --data {input.data} "
         "--train {input.train} --prior {input.prior} --acceleration {wildcards.acc} "
-        "-o {output} --config-json {params.config} "
+        "-o {output} --config-set {params.config:q} "
         "--device {resources.device} --threads {threads} > {log} 2>&1"
 
 
@@ -35,17 +34,16 @@ rule ads_evaluate:
             directory("results/ads/{dataset}/{acc}x/figures"),
             patterns=["{name}.png"],
             caption="../report/ads.rst",
-            category="Active subsampling",
-            subcategory="{acc}x",
+            category="ADS",
+            subcategory="Cases",
+            labels={"acceleration": "{acc}x", "slice": "{name}"},
         ),
     log:
         "logs/ads/{dataset}/{acc}x/evaluate.log",
     conda:
         "../../envs/cpu.yaml"
-    params:
-        cli=DIFFINV,
     shell:
-        "{params.cli} ads-evaluate {input} --metrics {output.metrics} "
+        "python -m diffinv ads-evaluate {input} --metrics {output.metrics} "
         "--figures {output.figures} > {log} 2>&1"
 
 
@@ -56,13 +54,34 @@ rule ads_summary:
         report(
             "results/ads/{dataset}/summary.csv",
             caption="../report/ads_summary.rst",
-            category="Active subsampling",
+            category="ADS",
+            subcategory="Summary",
+            labels={"table": "mean metrics (CSV, full precision)"},
         ),
     log:
         "logs/ads/{dataset}/summary.log",
     conda:
         "../../envs/cpu.yaml"
-    params:
-        cli=DIFFINV,
     shell:
-        "{params.cli} ads-summarise {input} -o {output} > {log} 2>&1"
+        "python -m diffinv ads-summarise {input} -o {output} > {log} 2>&1"
+
+
+rule ads_table:
+    input:
+        "results/ads/{dataset}/summary.csv",
+    output:
+        report(
+            "results/ads/{dataset}/summary.html",
+            caption="../report/ads_summary.rst",
+            category="ADS",
+            subcategory="Summary",
+            labels={"table": "mean metrics"},
+        ),
+    log:
+        "logs/ads/{dataset}/summary_table.log",
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        title="ADS {dataset}: mean metrics per acceleration and sampling strategy",
+    shell:
+        "python -m diffinv report-table {input} -o {output} --title {params.title:q} > {log} 2>&1"

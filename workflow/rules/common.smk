@@ -1,6 +1,8 @@
 # Helpers shared by the rule files (config validation, path functions); no rules here.
 import json
+import os
 import shlex
+import shutil
 import sys
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
@@ -9,10 +11,15 @@ from diffinv.stages import verb_config  # noqa: E402
 
 config.update(validate_config(config, "config (config/config.yaml + --config)"))
 
-# The CLI of the diffinv source tree that ships with this workflow.
-DIFFINV = (
-    f"PYTHONPATH={workflow.basedir}/src${{PYTHONPATH:+:$PYTHONPATH}} python -m diffinv"
-)
+# The CLI of the diffinv source tree that ships with this workflow: shell lines call
+# `python -m diffinv` literally, with that src/ first on PYTHONPATH (set here, not in params
+# or shell lines, so no job shows an absolute path; cluster jobs re-read this file).
+_SRC = f"{workflow.basedir}/src"
+if os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] != _SRC:
+    os.environ.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [_SRC, os.environ.get("PYTHONPATH")]))
+    )
+DIFFINV = "python -m diffinv"
 MRI = config["mri"]
 MRI_DATASET = MRI["dataset"]
 MRI_METHODS = [method_name(m) for m in MRI["sampling"]["methods"]]
@@ -21,19 +28,27 @@ ADS_ACCELERATIONS = config["ads"]["accelerations"]
 
 
 def job_config(stage, verb, method=None):
-    """The config paths that stage's verb depends on, shell-quoted, for --config-json.
+    """The config paths that stage's verb depends on, as sorted `key.path=value` settings.
 
-    A job's params hold only these, so an edit reruns exactly the jobs it affects.
+    A job's params hold only these, so an edit reruns exactly the jobs it affects; the
+    report shows them as they are. Pass them shell-quoted: `--config-set {params.config:q}`.
     """
-    return shlex.quote(
-        json.dumps(verb_config(config, stage, verb, method), sort_keys=True)
-    )
+    from diffinv.tasks_cli import format_settings
+
+    return format_settings(verb_config(config, stage, verb, method))
 
 
 # Runtime setting: it does not change results, so it is a resource, not a param (params
 # changes rerun jobs).
 DEVICE = config["device"]
-# conda environment of the GPU rules (those with resources gpu=1) under --sdm conda, set
+# Jobs that run the network hold `gpu` (the profile allows one per GPU) when they will use a
+# GPU; on a CPU-only run they hold none, so they run side by side up to --cores.
+GPU = (
+    1
+    if DEVICE.startswith("cuda") or (DEVICE == "auto" and shutil.which("nvidia-smi"))
+    else 0
+)
+# conda environment of the GPU rules (those with a gpu resource) under --sdm conda, set
 # by the config's conda_env (cpu | cuda); other rules use envs/cpu.yaml. Relative to
 # workflow/rules. Not a param: the environment does not change results.
 GPU_ENV = f"../../envs/{config['conda_env']}.yaml"
@@ -64,9 +79,20 @@ def mri_prior():
     return MRI["prior"]["checkpoint"] or f"results/mri/{MRI_DATASET}/prior"
 
 
+CT3D = config["ct3d"]
+CT3D_DATASET = CT3D["dataset"]
+CT3D_TASKS = [t["name"] for t in CT3D["tasks"]]
+CT3D_METHODS = [m["name"] for m in CT3D["sampling"]["methods"]]
+
+
+def ct3d_prior():
+    """The CT slice prior: the configured checkpoint, or the one the pipeline trains."""
+    return CT3D["prior"]["checkpoint"] or f"results/ct3d/{CT3D_DATASET}/prior"
+
+
 def all_outputs():
     """Every final output of the workflow."""
-    out = [f"results/mri/{MRI_DATASET}/summary.csv"]
+    out = [f"results/mri/{MRI_DATASET}/summary.{ext}" for ext in ("csv", "html")]
     out += expand(
         "results/mri/{dataset}/{acc}x/{method}/figures",
         dataset=MRI_DATASET,
@@ -76,15 +102,26 @@ def all_outputs():
     if not MRI["prior"]["checkpoint"]:
         out.append(f"results/mri/{MRI_DATASET}/prior/loss.png")
     if config["ads"]["enabled"]:
-        out.append(f"results/ads/{MRI_DATASET}/summary.csv")
+        out += [f"results/ads/{MRI_DATASET}/summary.{ext}" for ext in ("csv", "html")]
         out += expand(
             "results/ads/{dataset}/{acc}x/figures",
             dataset=MRI_DATASET,
             acc=ADS_ACCELERATIONS,
         )
+    if CT3D["enabled"]:
+        out += [f"results/ct3d/{CT3D_DATASET}/summary.{ext}" for ext in ("csv", "html")]
+        out += expand(
+            "results/ct3d/{dataset}/{task}/{ctmethod}/figures",
+            dataset=CT3D_DATASET,
+            task=CT3D_TASKS,
+            ctmethod=CT3D_METHODS,
+        )
+        if not CT3D["prior"]["checkpoint"]:
+            out.append(f"results/ct3d/{CT3D_DATASET}/prior/loss.png")
     out += [
-        f"results/data/{source}.zarr"
+        f"results/data/{kind}{source}.{ext}"
         for source in ("era5", "igra", "ct")
         if source in config["data"]
+        for kind, ext in (("", "zarr"), ("quicklook/", "png"))
     ]
     return out

@@ -10,11 +10,10 @@ rule demo_mri:
     conda:
         "../../envs/cpu.yaml"
     params:
-        cli=DIFFINV,
         seed=config["seed"],
         options=mri_demo_options,
     shell:
-        "{params.cli} demo-data mri -o resources/demo/mri --seed {params.seed} "
+        "python -m diffinv demo-data mri -o resources/demo/mri --seed {params.seed} "
         "{params.options} > {log} 2>&1"
 
 
@@ -28,10 +27,9 @@ rule ingest_mri:
     conda:
         "../../envs/cpu.yaml"
     params:
-        cli=DIFFINV,
         options=mri_ingest_options,
     shell:
-        "{params.cli} ingest fastmri {input} -o {output} {params.options} > {log} 2>&1"
+        "python -m diffinv ingest fastmri {input} -o {output} {params.options} > {log} 2>&1"
 
 
 rule train_prior_mri:
@@ -43,6 +41,8 @@ rule train_prior_mri:
             "results/mri/{dataset}/prior/loss.png",
             caption="../report/loss.rst",
             category="Prior",
+            subcategory="MRI",
+            labels={"dataset": "{dataset}", "figure": "training loss"},
         ),
     log:
         "logs/mri/{dataset}/train_prior.log",
@@ -50,20 +50,20 @@ rule train_prior_mri:
         GPU_ENV
     threads: config["threads"]
     resources:
-        gpu=1,
+        gpu=GPU,
         device=DEVICE,
     params:
-        cli=DIFFINV,
         config=job_config("mri", "train"),
     shell:
-        "OMP_NUM_THREADS={threads} {params.cli} train mri --data {input} "
-        "-o {output.prior} --config-json {params.config} "
+        "OMP_NUM_THREADS={threads} python -m diffinv train mri --data {input} "
+        "-o {output.prior} --config-set {params.config:q} "
         "--device {resources.device} --threads {threads} > {log} 2>&1"
 
 
 rule sample_mri:
     input:
         data="results/mri/{dataset}/data/eval.zarr",
+        train="results/mri/{dataset}/data/train.zarr",
         prior=mri_prior(),
     output:
         directory("results/mri/{dataset}/{acc}x/{method}/posterior.zarr"),
@@ -73,15 +73,14 @@ rule sample_mri:
         GPU_ENV
     threads: config["threads"]
     resources:
-        gpu=1,
+        gpu=GPU,
         device=DEVICE,
     params:
-        cli=DIFFINV,
         config=lambda wildcards: job_config("mri", "sample", wildcards.method),
     shell:
-        "OMP_NUM_THREADS={threads} {params.cli} sample mri --data {input.data} "
-        "--prior {input.prior} --acceleration {wildcards.acc} "
-        "--method {wildcards.method} -o {output} --config-json {params.config} "
+        "OMP_NUM_THREADS={threads} python -m diffinv sample mri --data {input.data} "
+        "--train-data {input.train} --prior {input.prior} --acceleration {wildcards.acc} "
+        "--method {wildcards.method} -o {output} --config-set {params.config:q} "
         "--device {resources.device} --threads {threads} > {log} 2>&1"
 
 
@@ -94,17 +93,16 @@ rule evaluate_mri:
             directory("results/mri/{dataset}/{acc}x/{method}/figures"),
             patterns=["{name}.png"],
             caption="../report/case.rst",
-            category="MRI reconstructions",
-            subcategory="{acc}x {method}",
+            category="MRI",
+            subcategory="Reconstructions {acc}x",
+            labels={"method": "{method}", "acceleration": "{acc}x", "slice": "{name}"},
         ),
     log:
         "logs/mri/{dataset}/{acc}x/{method}/evaluate.log",
     conda:
         "../../envs/cpu.yaml"
-    params:
-        cli=DIFFINV,
     shell:
-        "{params.cli} evaluate {input} --metrics {output.metrics} "
+        "python -m diffinv evaluate {input} --metrics {output.metrics} "
         "--figures {output.figures} > {log} 2>&1"
 
 
@@ -119,13 +117,34 @@ rule summarise_mri:
         report(
             "results/mri/{dataset}/summary.csv",
             caption="../report/summary.rst",
-            category="MRI metrics",
+            category="MRI",
+            subcategory="Summary",
+            labels={"table": "mean metrics (CSV, full precision)"},
         ),
     log:
         "logs/mri/{dataset}/summarise.log",
     conda:
         "../../envs/cpu.yaml"
-    params:
-        cli=DIFFINV,
     shell:
-        "{params.cli} summarise {input} -o {output} > {log} 2>&1"
+        "python -m diffinv summarise {input} -o {output} > {log} 2>&1"
+
+
+rule table_mri:
+    input:
+        "results/mri/{dataset}/summary.csv",
+    output:
+        report(
+            "results/mri/{dataset}/summary.html",
+            caption="../report/summary.rst",
+            category="MRI",
+            subcategory="Summary",
+            labels={"table": "mean metrics"},
+        ),
+    log:
+        "logs/mri/{dataset}/summary_table.log",
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        title="MRI {dataset}: mean metrics per method, acceleration and reconstruction",
+    shell:
+        "python -m diffinv report-table {input} -o {output} --title {params.title:q} > {log} 2>&1"
