@@ -19,16 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from _common import write_csv
 
 from diffinv.config import load_config
 from diffinv.diffusion.networks import load_denoiser
+from diffinv.plotstyle import plt  # Agg backend and the project's figure defaults
 from diffinv.stages.ads.acquisition import ads_inputs, ads_metrics, run_ads
 
 OUT = Path(__file__).parent / "out"
@@ -127,8 +124,7 @@ def main() -> None:
         ax.set_title(f"{acc}x ({device})")
         ax.tick_params(axis="x", rotation=45)
     axes[0][0].set_ylabel("mean SSIM of the posterior mean")
-    fig.tight_layout()
-    fig.savefig(OUT / "ads_benchmark.png", dpi=120)
+    fig.savefig(OUT / "ads_benchmark.png")
     print(f"\nwrote {OUT / 'ads_benchmark.csv'} and .png")
 
 

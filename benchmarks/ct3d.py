@@ -113,7 +113,6 @@ def _plot_quality(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_title(task)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
     fig.savefig(path)
 
 

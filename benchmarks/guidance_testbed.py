@@ -12,14 +12,11 @@ import argparse
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from _common import write_csv  # noqa: E402
 
 from diffinv.guidance import make_guidance  # noqa: E402
+from diffinv.plotstyle import plt  # Agg backend and the project's figure defaults
 from diffinv.search import make_search  # noqa: E402
 from diffinv.solvers import CountingDenoiser, PerSampleNoise, make_solver, sample  # noqa: E402
 from diffinv.testbed import distance_to, make_problem, noise_floor, tilt  # noqa: E402
@@ -236,8 +233,7 @@ def main() -> None:
             title=f"d = {dim}",
         )
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(OUT / "guidance_testbed.png", dpi=120)
+    fig.savefig(OUT / "guidance_testbed.png")
 
 
 if __name__ == "__main__":

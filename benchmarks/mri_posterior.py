@@ -132,8 +132,7 @@ def main() -> None:
         ax.set_xlabel("acceleration")
         ax.set_ylabel(metric.upper())
     axes[1].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(OUT / "mri_posterior_quality.png", dpi=120)
+    fig.savefig(OUT / "mri_posterior_quality.png")
 
 
 if __name__ == "__main__":

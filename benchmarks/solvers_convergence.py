@@ -18,16 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from _common import write_csv  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from diffinv.diffusion.denoisers import Denoiser, GaussianMixtureDenoiser  # noqa: E402
 from diffinv.diffusion.schedule import VPSchedule  # noqa: E402
+from diffinv.plotstyle import plt  # Agg backend and the project's figure defaults
 from diffinv.solvers import make_solver, sample  # noqa: E402
 from diffinv.solvers.base import integrate  # noqa: E402
 
@@ -290,8 +287,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("RMSE to reference")
     axes[0][-1].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path)
 
 
 def main() -> None:

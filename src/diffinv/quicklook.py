@@ -14,15 +14,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import xarray as xr
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import xarray as xr  # noqa: E402
-
-from diffinv.errors import InputError  # noqa: E402
-from diffinv.io.store import atomic_path, open_zarr  # noqa: E402
+from diffinv.errors import InputError
+from diffinv.io.store import atomic_path, open_zarr
+from diffinv.plotstyle import FIELD_CMAP, plt  # backend, dpi, fonts, layout
 
 #: ERA5 variables preferred for the map, in order (else the store's first variable).
 ERA5_PREFERRED = ("t2m", "t", "z", "msl", "u", "v", "q")
@@ -73,13 +71,13 @@ def era5(
         da = da.isel(member=0)
         where.append("member 0")
     da = da.load()
-    fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=110, layout="constrained")
-    mesh = ax.pcolormesh(da["longitude"], da["latitude"], da.values, shading="nearest", cmap="viridis")
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    mesh = ax.pcolormesh(da["longitude"], da["latitude"], da.values, shading="nearest", cmap=FIELD_CMAP)
     fig.colorbar(mesh, ax=ax, label=_label(da, variable), shrink=0.9)
     ax.set_xlabel(_label(ds["longitude"], "longitude"))
     ax.set_ylabel(_label(ds["latitude"], "latitude"))
     ax.set_aspect(1 / max(np.cos(np.deg2rad(float(da["latitude"].mean()))), 0.2))
-    ax.set_title(f"ERA5 {variable}: {', '.join(where)}", fontsize=10)
+    ax.set_title(f"ERA5 {variable}: {', '.join(where)}")
     return _save(fig, out)
 
 
@@ -99,7 +97,7 @@ def igra(store: Path, out: Path, stations: int = 4) -> Path:
     for i, s in enumerate(station):
         if s not in first and len(first) < stations:
             first[s] = i
-    fig, ax = plt.subplots(figsize=(5.2, 5.0), dpi=110, layout="constrained")
+    fig, ax = plt.subplots(figsize=(5.2, 5.0))
     for s, i in first.items():
         snd = ds.isel(sounding=i)
         p, t = snd["pressure"].values, snd["temperature"].values
@@ -112,15 +110,15 @@ def igra(store: Path, out: Path, stations: int = 4) -> Path:
         ax.plot(t[ok], p[ok], marker="o", ms=3, lw=1.2, label=f"{s} {when}".strip())
     ax.set_yscale("log")
     ax.invert_yaxis()
-    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
     top = min((float(np.nanmin(ds["pressure"].isel(sounding=i).values)) for i in first.values()), default=100)
     ax.set_yticks([p for p in (1000, 850, 700, 500, 300, 200, 100, 50, 20, 10) if p >= top * 0.9])
     ax.set_xlabel(_label(ds["temperature"], "temperature"))
     ax.set_ylabel(_label(ds["pressure"], "pressure"))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, title="station, nominal time", title_fontsize=7)
-    ax.set_title(f"IGRA v2 soundings: first of {len(first)} stations", fontsize=10)
+    ax.grid(True)
+    ax.legend(title="station, nominal time")
+    ax.set_title(f"IGRA v2 soundings: first of {len(first)} stations")
     return _save(fig, out)
 
 
@@ -141,20 +139,18 @@ def ct(store: Path, out: Path, projection: int | None = None) -> Path:
     order = np.argsort(angle, kind="stable")  # acquisition order need not be sorted
     det = sino["detector"]
     truth = "truth" in ds and ds["truth"].sizes.get("projection") == n
-    fig, axes = plt.subplots(
-        1, 2 if truth else 1, figsize=(9.6 if truth else 5.6, 4.2), dpi=110, layout="constrained"
-    )
+    fig, axes = plt.subplots(1, 2 if truth else 1, figsize=(9.6 if truth else 5.6, 4.2))
     ax = axes[0] if truth else axes
     mesh = ax.pcolormesh(det.values, angle[order], sino.values[order], shading="nearest", cmap="gray")
     fig.colorbar(mesh, ax=ax, label=_label(sino, "sinogram"))
     ax.set_xlabel(f"detector position ({det.attrs.get('units', ds.attrs.get('detector_units', 'pixel'))})")
     ax.set_ylabel("projection angle (deg)")
     ax.invert_yaxis()
-    ax.set_title(f"sinogram {projection} ({ds.attrs.get('geometry', 'parallel')} beam)", fontsize=10)
+    ax.set_title(f"sinogram {projection} ({ds.attrs.get('geometry', 'parallel')} beam)")
     if truth:
         img = axes[1].imshow(ds["truth"].isel(projection=projection).values, cmap="gray")
         fig.colorbar(img, ax=axes[1], label=_label(ds["truth"], "truth"))
-        axes[1].set_title("ground truth", fontsize=10)
+        axes[1].set_title("ground truth")
         axes[1].set_xlabel("x (pixel)")
         axes[1].set_ylabel("y (pixel)")
     return _save(fig, out)

@@ -35,8 +35,10 @@ are kept and give small negative values.
 
 Output layout: ``sinogram (projection, angle, detector)`` float32, where ``projection``
 indexes sinograms (LoDoPaB samples, or detector rows of a 3D scan, top to bottom); coordinates
-``angle`` (rad, in acquisition order) and ``detector`` (pixel centres, m where the geometry is
-known, else pixels); the geometry (``geometry``, ``detector_spacing``, ``detector_units``...)
+``projection`` (index in the store), ``angle`` (rad, in acquisition order) and ``detector``
+(pixel centres, m where the geometry is known, else pixels), and on a ground truth
+``truth (projection, y, x)`` ``y``/``x`` (pixel centres in m for LoDoPaB's 0.26 m extent, else
+pixel indices); the geometry (``geometry``, ``detector_spacing``, ``detector_units``...)
 in ``attrs``. NeXus, 3D and stacked inputs are converted ``rows_per_chunk`` detector rows at a
 time.
 """
@@ -1028,7 +1030,21 @@ def open_scans(inputs: str | Path | Sequence[str | Path], **options: Any) -> lis
     return scans
 
 
-def _dataset(scan: Scan, sino: np.ndarray, truth: np.ndarray | None) -> xr.Dataset:
+def _image_axis(scan: Scan, n: int, name: str) -> tuple[str, np.ndarray, dict[str, str]]:
+    """Coordinate of a ground-truth image axis: pixel centres in m when the image extent is
+    known (LoDoPaB: 0.26 m, centred on the rotation axis), else pixel indices."""
+    extent = scan.attrs.get("image_extent")
+    if extent is not None:
+        return (
+            name,
+            _pixels(n, float(extent) / n),
+            {"units": "m", "long_name": f"image pixel centre ({name})"},
+        )
+    return name, np.arange(n), {"units": "pixel", "long_name": f"image pixel index ({name})"}
+
+
+def _dataset(scan: Scan, sino: np.ndarray, truth: np.ndarray | None, start: int = 0) -> xr.Dataset:
+    """One block of the store; ``start``: the index in the store of its first projection."""
     ds = xr.Dataset(
         {
             "sinogram": (
@@ -1038,6 +1054,11 @@ def _dataset(scan: Scan, sino: np.ndarray, truth: np.ndarray | None) -> xr.Datas
             )
         },
         coords={
+            "projection": (
+                "projection",
+                np.arange(start, start + len(sino)),
+                {"units": "1", "long_name": "sinogram (sample or detector row)"},
+            ),
             "angle": ("angle", scan.angles, {"units": "rad", "long_name": "rotation angle"}),
             "detector": (
                 "detector",
@@ -1059,11 +1080,15 @@ def _dataset(scan: Scan, sino: np.ndarray, truth: np.ndarray | None) -> xr.Datas
             truth,
             {"units": "1", "long_name": "ground-truth attenuation normalised by mu_max"},
         )
+        ds = ds.assign_coords(
+            y=_image_axis(scan, truth.shape[1], "y"), x=_image_axis(scan, truth.shape[2], "x")
+        )
     return ds
 
 
-def _blocks(scan: Scan, options: dict[str, Any]) -> Iterator[xr.Dataset]:
-    """The scan's sinograms a chunk at a time; InputError at the end if too many values were clipped."""
+def _blocks(scan: Scan, options: dict[str, Any], offset: int = 0) -> Iterator[xr.Dataset]:
+    """The scan's sinograms a chunk at a time, its first projection at index ``offset`` of the
+    store; InputError at the end if too many values were clipped."""
     step = scan.chunk(4 * len(scan.angles) * len(scan.detector), options.get("rows_per_chunk"))
     for start in range(0, scan.n_projection, step):
         stop = min(start + step, scan.n_projection)
@@ -1076,9 +1101,14 @@ def _blocks(scan: Scan, options: dict[str, Any]) -> Iterator[xr.Dataset]:
             )
         with opt.reading(scan.path, f"projections {start}-{stop - 1} unreadable"):
             sinogram = scan.read(start, stop)
-        yield _dataset(scan, sinogram, truth)
+        yield _dataset(scan, sinogram, truth, offset + start)
     if scan.clipped is not None:
         scan.clipped.check(scan.path, float(options.get("max_clipped_fraction", 0.05)))
+
+
+def _offsets(scans: list[Scan]) -> list[int]:
+    """The store index of each scan's first projection (scans are concatenated in order)."""
+    return [int(o) for o in np.cumsum([0] + [s.n_projection for s in scans[:-1]])]
 
 
 def _clipping(scans: list[Scan]) -> dict[str, Any]:
@@ -1107,7 +1137,7 @@ def read_ct(inputs: str | Path | Sequence[str | Path], **options: Any) -> xr.Dat
         The layout of the module docstring.
     """
     scans = open_scans(inputs, **options)
-    blocks = [b for s in scans for b in _blocks(s, options)]
+    blocks = [b for s, offset in zip(scans, _offsets(scans)) for b in _blocks(s, options, offset)]
     ds = (
         xr.concat(
             blocks, dim="projection", data_vars="minimal", coords="minimal", compat="override", join="exact"
@@ -1153,7 +1183,7 @@ def ingest(inputs: list[Path], out: Path, **options: Any) -> Path:
         See :data:`OPTIONS`.
     """
     scans = open_scans(inputs, **options)
-    blocks = itertools.chain.from_iterable(_blocks(s, options) for s in scans)
+    blocks = itertools.chain.from_iterable(_blocks(s, options, o) for s, o in zip(scans, _offsets(scans)))
     head = next(blocks)
     sources = [str(f) for s in scans for f in s.files or (s.path,)]
     set_provenance(head, provenance(source_files=sources, options=options, reader="diffinv.io.ct"))

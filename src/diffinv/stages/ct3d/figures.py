@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffinv.plots import plt
+from diffinv.plotstyle import ERROR_CMAP, PANEL_TITLE_SIZE, plt
 
 VIEW_SLICES = (("axial", 0), ("coronal", 1), ("sagittal", 2))
 
@@ -36,8 +36,6 @@ def plot_orthogonal_views(
         3,
         cols,
         figsize=(1.9 * cols + 1.4, 1.9 * sum(heights) / ny + 0.6),
-        dpi=110,
-        layout="constrained",
         gridspec_kw={"height_ratios": heights},
         squeeze=False,
     )
@@ -47,12 +45,12 @@ def plot_orthogonal_views(
                 central(panels[name], axis), cmap="gray", vmin=lo, vmax=hi, aspect="auto"
             )
             if r == 0:
-                axes[r, c].set_title(name, fontsize=8)
+                axes[r, c].set_title(name, fontsize=PANEL_TITLE_SIZE)
         for c, (name, img) in enumerate(extra.items(), start=len(names)):
-            heat = axes[r, c].imshow(central(img, axis), cmap="magma", vmin=0, vmax=err_max, aspect="auto")
+            heat = axes[r, c].imshow(central(img, axis), cmap=ERROR_CMAP, vmin=0, vmax=err_max, aspect="auto")
             if r == 0:
-                axes[r, c].set_title(name, fontsize=8)
-        axes[r, 0].set_ylabel(view, fontsize=8)
+                axes[r, c].set_title(name, fontsize=PANEL_TITLE_SIZE)
+        axes[r, 0].set_ylabel(view, fontsize=PANEL_TITLE_SIZE)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -60,7 +58,7 @@ def plot_orthogonal_views(
         gray, ax=list(axes[:, : len(names)].flat), fraction=0.02, pad=0.01, label=f"attenuation ({units})"
     )
     fig.colorbar(heat, ax=list(axes[:, len(names) :].flat), fraction=0.04, pad=0.01, label=units)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title)
     fig.savefig(path)
     plt.close(fig)
     return path
