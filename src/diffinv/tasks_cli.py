@@ -178,7 +178,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def _cmd_summarise(args: argparse.Namespace) -> None:
     from diffinv.stages.evaluate import summarise
 
-    print(summarise([Path(m) for m in args.metrics], Path(args.output)).to_string(index=False))
+    calibration = [Path(c) for c in args.calibration or ()]
+    print(summarise([Path(m) for m in args.metrics], Path(args.output), calibration).to_string(index=False))
 
 
 def _cmd_ct3d_evaluate(args: argparse.Namespace) -> None:
@@ -223,6 +224,7 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     for verb, what in (
         ("train", "train a stage's diffusion prior"),
         ("sample", "posterior sampling of a stage"),
+        ("calibrate", "split conformal calibration of a stage's posterior intervals on held-out cases"),
     ):
         p = verbs.add_parser(verb, help=what)
         sub = p.add_subparsers(dest="stage", required=True, metavar="STAGE", help="the stage (see below)")
@@ -274,5 +276,11 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
         "--output",
         required=True,
         help="output CSV of means per method, acceleration and reconstruction",
+    )
+    p.add_argument(
+        "--calibration",
+        nargs="+",
+        help="calibration CSVs written by 'diffinv calibrate mri': their primary level's columns join "
+        "the posterior rows",
     )
     p.set_defaults(func=_cmd_summarise)

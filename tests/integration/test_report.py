@@ -219,7 +219,8 @@ def test_categories_and_quicklooks(browser, report):
     cats = browser.eval("Object.keys(categories).sort()")
     assert cats == ["ADS", "Data", "MRI", "Prior"], cats
     assert browser.eval("Object.keys(categories['Data']).sort()") == ["CT", "ERA5", "IGRA"]
-    assert set(browser.eval("Object.keys(categories['MRI'])")) == {"Summary", "Reconstructions 4x"}
+    mri = {"Summary", "Reconstructions 4x", "Calibration"}  # calibration: tiny.yaml's mri.calibration
+    assert set(browser.eval("Object.keys(categories['MRI'])")) == mri
     _open_result(browser, report, "Data", "ERA5", "quick look")
     size = browser.eval(
         "until(() => { const i = document.querySelector('img[src^=\"data:image/png\"]');"

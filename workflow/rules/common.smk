@@ -79,6 +79,37 @@ def mri_prior():
     return MRI["prior"]["checkpoint"] or f"results/mri/{MRI_DATASET}/prior"
 
 
+# Split conformal calibration (docs/uncertainty.md): one method, every acceleration.
+MRI_CALIBRATION = MRI["calibration"]
+MRI_CALIBRATED = (
+    (MRI_CALIBRATION["method"] or MRI_METHODS[0])
+    if MRI_CALIBRATION["enabled"]
+    else None
+)
+if MRI_CALIBRATED is not None and MRI_CALIBRATED not in MRI_METHODS:
+    raise ValueError(
+        f"mri.calibration.method: {MRI_CALIBRATED!r} is not one of mri.sampling.methods "
+        f"({', '.join(MRI_METHODS)}) (fix: name one of them, or null for the first)"
+    )
+
+
+def mri_calibration_tables(wildcards):
+    """Calibration CSVs that join the MRI summary (none when calibration is off)."""
+    if MRI_CALIBRATED is None:
+        return []
+    return expand(
+        "results/mri/{dataset}/{acc}x/{method}/calibration.csv",
+        dataset=wildcards.dataset,
+        acc=MRI_ACCELERATIONS,
+        method=MRI_CALIBRATED,
+    )
+
+
+def mri_summary_options(wildcards, input):
+    """--calibration option of the MRI summary."""
+    return f"--calibration {' '.join(input.calibration)}" if input.calibration else ""
+
+
 CT3D = config["ct3d"]
 CT3D_DATASET = CT3D["dataset"]
 CT3D_TASKS = [t["name"] for t in CT3D["tasks"]]
@@ -101,6 +132,13 @@ def all_outputs():
     )
     if not MRI["prior"]["checkpoint"]:
         out.append(f"results/mri/{MRI_DATASET}/prior/loss.png")
+    if MRI_CALIBRATED is not None:
+        out += expand(
+            "results/mri/{dataset}/{acc}x/{method}/calibration.png",
+            dataset=MRI_DATASET,
+            acc=MRI_ACCELERATIONS,
+            method=MRI_CALIBRATED,
+        )
     if config["ads"]["enabled"]:
         out += [f"results/ads/{MRI_DATASET}/summary.{ext}" for ext in ("csv", "html")]
         out += expand(

@@ -84,6 +84,63 @@ rule sample_mri:
         "--device {resources.device} --threads {threads} > {log} 2>&1"
 
 
+rule sample_calibration_mri:
+    input:
+        data="results/mri/{dataset}/data/eval.zarr",
+        train="results/mri/{dataset}/data/train.zarr",
+        prior=mri_prior(),
+    output:
+        directory("results/mri/{dataset}/{acc}x/{method}/calibration_samples.zarr"),
+    log:
+        "logs/mri/{dataset}/{acc}x/{method}/sample_calibration.log",
+    conda:
+        GPU_ENV
+    threads: config["threads"]
+    resources:
+        gpu=GPU,
+        device=DEVICE,
+    params:
+        config=lambda wildcards: job_config("mri", "sample", wildcards.method),
+        cases=" ".join(str(c) for c in MRI_CALIBRATION["cases"]),
+    shell:
+        "OMP_NUM_THREADS={threads} python -m diffinv sample mri --data {input.data} "
+        "--train-data {input.train} --prior {input.prior} --acceleration {wildcards.acc} "
+        "--method {wildcards.method} --cases {params.cases} -o {output} "
+        "--config-set {params.config:q} --device {resources.device} --threads {threads} "
+        "> {log} 2>&1"
+
+
+rule calibrate_mri:
+    input:
+        calibration="results/mri/{dataset}/{acc}x/{method}/calibration_samples.zarr",
+        evaluation="results/mri/{dataset}/{acc}x/{method}/posterior.zarr",
+    output:
+        store=directory("results/mri/{dataset}/{acc}x/{method}/calibrated.zarr"),
+        table="results/mri/{dataset}/{acc}x/{method}/calibration.csv",
+        figure=report(
+            "results/mri/{dataset}/{acc}x/{method}/calibration.png",
+            caption="../report/calibration.rst",
+            category="MRI",
+            subcategory="Calibration",
+            labels={
+                "method": "{method}",
+                "acceleration": "{acc}x",
+                "figure": "calibration",
+            },
+        ),
+    log:
+        "logs/mri/{dataset}/{acc}x/{method}/calibrate.log",
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        config=job_config("mri", "calibrate"),
+    shell:
+        "python -m diffinv calibrate mri --calibration {input.calibration} "
+        "--evaluation {input.evaluation} -o {output.store} --table {output.table} "
+        "--figure {output.figure} --config-set {params.config:q} --device cpu --threads 1 "
+        "> {log} 2>&1"
+
+
 rule evaluate_mri:
     input:
         "results/mri/{dataset}/{acc}x/{method}/posterior.zarr",
@@ -108,11 +165,12 @@ rule evaluate_mri:
 
 rule summarise_mri:
     input:
-        expand(
+        metrics=expand(
             "results/mri/{{dataset}}/{acc}x/{method}/metrics.csv",
             acc=MRI_ACCELERATIONS,
             method=MRI_METHODS,
         ),
+        calibration=mri_calibration_tables,
     output:
         report(
             "results/mri/{dataset}/summary.csv",
@@ -125,8 +183,10 @@ rule summarise_mri:
         "logs/mri/{dataset}/summarise.log",
     conda:
         "../../envs/cpu.yaml"
+    params:
+        options=mri_summary_options,
     shell:
-        "python -m diffinv summarise {input} -o {output} > {log} 2>&1"
+        "python -m diffinv summarise {input.metrics} {params.options} -o {output} > {log} 2>&1"
 
 
 rule table_mri:

@@ -13,7 +13,7 @@ from diffinv.errors import InputError
 from diffinv.io.store import atomic_path, open_zarr
 from diffinv.metrics import image_metrics
 from diffinv.plots import plot_case
-from diffinv.uncertainty import interval_coverage
+from diffinv.uncertainty import as_channels, coverage_breakdown, crps_ensemble, spread_skill
 
 RECONSTRUCTIONS = {"posterior_mean": "mean", "zero_filled": "zero_filled", "no_prior": "no_prior", "cs": "cs"}
 COVERAGE_LEVELS = (0.5, 0.9, 0.95)
@@ -43,6 +43,22 @@ def present_reconstructions(ds: xr.Dataset) -> dict[str, str]:
     return recons
 
 
+def uncertainty_metrics(samples: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Coverage breakdown, CRPS and spread-skill ratio of ONE case: ``samples`` (sample, ...).
+
+    :func:`~diffinv.uncertainty.coverage_breakdown` at 50/90/95 % (magnitude: all pixels,
+    object support, background; complex: real/imag channels) and the support fraction;
+    ``crps`` (fair ensemble CRPS, mean over pixels and channels, data units) and
+    ``spread_skill`` (√((M+1)/M)·spread/RMSE), both on the real and imaginary channels
+    of complex images (on the values of real ones).
+    """
+    out = coverage_breakdown(samples, truth, COVERAGE_LEVELS)
+    channels_s, channels_t = as_channels(samples), as_channels(truth)
+    out["crps"] = float(crps_ensemble(channels_s, channels_t).mean())
+    out["spread_skill"] = spread_skill(channels_s, channels_t)
+    return out
+
+
 def evaluate_store(store: Path) -> pd.DataFrame:
     """One row per (case, reconstruction): PSNR, SSIM, NMSE; posterior rows add coverage and diagnostics."""
     ds = open_zarr(store)
@@ -70,8 +86,7 @@ def evaluate_store(store: Path) -> pd.DataFrame:
                 row["note"] = f"TV-SENSE, lambda={float(ds.attrs['cs_lambda']):.3g} (training slices)"
             row.update(image_metrics(truth, sl[var].values))
             if recon == "posterior_mean":
-                cover = interval_coverage(np.abs(sl["samples"].values), truth, COVERAGE_LEVELS)
-                row.update({f"coverage_{int(100 * k)}": v for k, v in cover.items()})
+                row.update(uncertainty_metrics(sl["samples"].values, sl["truth"].values))
                 row["samples"] = int(sl.sizes["sample"])
                 row["hallucination_score"] = float(sl["hallucination_score"].mean())
                 row["relative_residual"] = float(sl["relative_residual"].mean())
@@ -117,9 +132,34 @@ def evaluate(stores: Sequence[Path], metrics_csv: Path, figures: Path | None = N
     return table
 
 
-def summarise(metrics: Sequence[Path], out_csv: Path) -> pd.DataFrame:
+#: Summary columns taken from a calibration CSV's primary row (``diffinv calibrate``).
+CALIBRATION_COLUMNS = {
+    "level": "calibration_level",
+    "calibration_method": "calibration_method",
+    "lambda": "calibration_lambda",
+    "calibration_cases": "calibration_cases",
+    "coverage_raw": "coverage_complex_raw",
+    "coverage_calibrated": "coverage_complex_calibrated",
+    "width_raw": "raw_width",
+    "width_calibrated": "calibrated_width",
+}
+
+
+def calibration_summary(calibration: Sequence[Path]) -> pd.DataFrame:
+    """One row per (method, acceleration) from calibration CSVs: the primary level's λ, coverage
+    and mean interval width, raw and calibrated (named as in :data:`CALIBRATION_COLUMNS`)."""
+    table = pd.concat([pd.read_csv(c) for c in calibration], ignore_index=True)
+    table = table[table["primary"].astype(bool)]
+    out = table[["method", "acceleration", *CALIBRATION_COLUMNS]].rename(columns=CALIBRATION_COLUMNS)
+    out["reconstruction"] = "posterior_mean"
+    return out
+
+
+def summarise(metrics: Sequence[Path], out_csv: Path, calibration: Sequence[Path] = ()) -> pd.DataFrame:
     """Mean metrics per (method, acceleration, reconstruction) over cases, with each row's note
-    (e.g. that zero-filled is also the no-prior baseline, or the CS weight)."""
+    (e.g. that zero-filled is also the no-prior baseline, or the CS weight); with
+    ``calibration`` CSVs, the posterior rows of the calibrated methods gain the calibration
+    columns (:func:`calibration_summary`), the other rows leave them empty."""
     table = pd.concat([pd.read_csv(m) for m in metrics], ignore_index=True)
     keys = ["method", "acceleration", "reconstruction"]
     numeric = [c for c in table.columns if c not in ("case", "note", *keys)]
@@ -129,6 +169,8 @@ def summarise(metrics: Sequence[Path], out_csv: Path) -> pd.DataFrame:
     if "note" in table:
         notes = groups["note"].agg(lambda v: "; ".join(sorted({str(n) for n in v.dropna() if str(n)})))
         summary["note"] = notes.values
+    if calibration:
+        summary = summary.merge(calibration_summary(calibration), on=keys, how="left")
     with atomic_path(out_csv) as tmp:
         summary.to_csv(tmp, index=False, float_format="%.4g")
     return summary

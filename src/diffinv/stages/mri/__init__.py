@@ -1,8 +1,10 @@
 """MRI stage: posterior sampling of Cartesian (multi-coil) MRI slices from fastMRI k-space.
 
-Registers ``diffinv train mri`` (the 2D prior on fully sampled slices) and
+Registers ``diffinv train mri`` (the 2D prior on fully sampled slices),
 ``diffinv sample mri`` (posterior samples, baselines and diagnostics per acceleration
-and method). The work is in :mod:`.cases` (data, operator, baselines) and :mod:`.run`.
+and method) and ``diffinv calibrate mri`` (split conformal calibration of the intervals
+on held-out slices, :mod:`diffinv.calibration`). The work is in :mod:`.cases` (data,
+operator, baselines) and :mod:`.run`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,22 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--acceleration", type=positive_int, required=True, help="undersampling factor R (R >= 1)")
     p.add_argument("--method", required=True, help="SOLVER-GUIDANCE[-SEARCH], one of mri.sampling.methods")
     p.add_argument("-o", "--output", required=True, help="output posterior.zarr")
+    p.add_argument(
+        "--cases",
+        nargs=2,
+        type=int,
+        metavar=("START", "STOP"),
+        help="sample the store's slices START..STOP-1 instead of the first mri.data.cases (calibration "
+        "slices: refused where they overlap the evaluation slices)",
+    )
+
+
+def _calibrate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calibration", required=True, help="posterior.zarr of the calibration slices")
+    p.add_argument("--evaluation", required=True, help="posterior.zarr of the evaluation slices")
+    p.add_argument("-o", "--output", required=True, help="output store of raw and calibrated bounds")
+    p.add_argument("--table", required=True, help="output CSV: coverage curve, raw against calibrated")
+    p.add_argument("--figure", help="output PNG: coverage curve, rank histogram, error against std")
 
 
 def keep_method(cfg: dict[str, Any], method: str) -> None:
@@ -59,6 +77,13 @@ STAGE = register(
                 _sample_arguments,
                 drop=("mri.sampling.accelerations",),
                 narrow=keep_method,
+            ),
+            "calibrate": Verb(
+                "split conformal calibration of the posterior intervals on held-out slices",
+                "diffinv.stages.mri.run:calibrate",
+                ("mri.calibration",),
+                _calibrate_arguments,
+                drop=("mri.calibration.enabled", "mri.calibration.method", "mri.calibration.cases"),
             ),
         },
     )

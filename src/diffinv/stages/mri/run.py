@@ -274,7 +274,10 @@ def sample(args: argparse.Namespace, cfg: dict[str, Any], device: str) -> None:
     mri = cfg["mri"]
     (entry,) = mri["sampling"]["methods"]
     block = mri["sampling"]["case_block"]
-    cases = CaseSource(Path(args.data), mri["data"]["center_fraction"], mri["data"]["cases"], chunk=block)
+    if getattr(args, "cases", None):
+        cases = calibration_cases(Path(args.data), mri, *args.cases)
+    else:
+        cases = CaseSource(Path(args.data), mri["data"]["center_fraction"], mri["data"]["cases"], chunk=block)
     prior = load_prior(Path(args.prior), cases.grid, Path(args.data), device)
     record = {
         "step": "sample mri",
@@ -284,14 +287,19 @@ def sample(args: argparse.Namespace, cfg: dict[str, Any], device: str) -> None:
         "prior": str(args.prior),
     }
     sampling = mri["sampling"]
-    cs = choose_lambda(
-        Path(args.train_data),
-        args.acceleration,
-        sampling["mask"]["kind"],
-        mri["data"]["center_fraction"],
-        sampling["cs"],
-        cfg["seed"],
-        device,
+    # calibration slices (--cases) need samples and truth only: no CS baseline
+    cs = (
+        None
+        if getattr(args, "cases", None)
+        else choose_lambda(
+            Path(args.train_data),
+            args.acceleration,
+            sampling["mask"]["kind"],
+            mri["data"]["center_fraction"],
+            sampling["cs"],
+            cfg["seed"],
+            device,
+        )
     )
     blocks = reconstruct_blocks(
         cases,
@@ -307,3 +315,62 @@ def sample(args: argparse.Namespace, cfg: dict[str, Any], device: str) -> None:
     )
     write_zarr_blocks(blocks, Path(args.output), "case")
     print(f"wrote {args.output} ({len(cases)} cases)")
+
+
+class CaseRange:
+    """Slices ``start``..``stop``-1 of a :class:`CaseSource`, read lazily a chunk at a time."""
+
+    def __init__(self, source: CaseSource, start: int, stop: int) -> None:
+        self.source, self.start, self.stop = source, start, stop
+        self.grid = source.grid
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self) -> Iterator[MRICase]:
+        chunk = self.source.chunk
+        for first in range(self.start, self.stop, chunk):
+            yield from self.source.take(range(first, min(self.stop, first + chunk)))
+
+
+def calibration_cases(data: Path, mri: dict[str, Any], start: int, stop: int) -> CaseRange:
+    """Slices ``start``..``stop``-1 of ``data``, refused unless disjoint from the evaluation slices.
+
+    The evaluation slices are the first ``mri.data.cases`` (all when null), so calibration
+    slices must start at or after that count and end within the store.
+    """
+    source = CaseSource(data, mri["data"]["center_fraction"], None, chunk=mri["sampling"]["case_block"])
+    total, evaluated = len(source), mri["data"]["cases"]
+    if evaluated is None or start < evaluated:
+        raise ConfigError(
+            f"mri.calibration.cases: [{start}, {stop}] overlaps the evaluation slices "
+            f"0..{(evaluated or total) - 1} of {data} (fix: calibrate on slices from "
+            f"{evaluated or total} on, and set mri.data.cases so that some are left)"
+        )
+    if not start < stop <= total:
+        raise ConfigError(
+            f"mri.calibration.cases: [{start}, {stop}] is not a non-empty range within the "
+            f"{total} slices of {data} (fix: e.g. [{evaluated}, {total}])"
+        )
+    return CaseRange(source, start, stop)
+
+
+def calibrate(args: argparse.Namespace, cfg: dict[str, Any], device: str) -> None:
+    """``diffinv calibrate mri``: λ on the calibration store's slices, bounds of the evaluation store's."""
+    from diffinv.calibration import calibrate_stores
+
+    settings = cfg["mri"]["calibration"]
+    rec, table = calibrate_stores(
+        Path(args.calibration),
+        Path(args.evaluation),
+        Path(args.output),
+        Path(args.table),
+        Path(args.figure) if args.figure else None,
+        settings["level"],
+        settings["score"],
+    )
+    print(table.to_string(index=False))
+    print(
+        f"wrote {args.output}: lambda={rec.lam:.4g} at level {rec.level} from "
+        f"{rec.calibration_cases} cases ({rec.calibration_pixels} pixel channels)"
+    )
