@@ -80,6 +80,46 @@ def test_dag_writes_posteriors_following_the_zarr_contract(run):
     # tiny data are multi-coil: no-prior differs from zero-filled and keeps its row
     assert set(summary["reconstruction"]) == {"posterior_mean", "zero_filled", "no_prior", "cs"}
     assert summary["psnr"].notna().all() and (summary["cases"] == 2).all()
+    posterior = summary[summary["reconstruction"] == "posterior_mean"].set_index("method")
+    for part in ("", "complex_", "object_", "background_"):
+        for level in (50, 90, 95):
+            assert posterior[f"coverage_{part}{level}"].between(0, 1).all(), (part, level)
+    assert posterior["support_fraction"].between(0, 1).all() and (posterior["crps"] > 0).all()
+    assert (posterior["spread_skill"] > 0).all()
+
+
+def test_calibration_stage_writes_calibrated_bounds_from_held_out_slices(run):
+    """tiny.yaml: 4 validation slices, the first 2 evaluated, slices 2-3 calibrate dpmpp_2m-dds."""
+    import numpy as np
+
+    folder = run / "results/mri/tiny/4x/dpmpp_2m-dds"
+    cal, ev = open_zarr(folder / "calibration_samples.zarr"), open_zarr(folder / "posterior.zarr")
+    assert cal.sizes["case"] == 2 and not set(cal["case"].values) & set(ev["case"].values)
+    assert "cs" not in cal and "truth" in cal
+    out = open_zarr(folder / "calibrated.zarr")
+    assert out["lower"].dims == ("case", "y", "x", "channel") and out.sizes["case"] == 2
+    assert all(v in out for v in ("lower_raw", "upper_raw", "lower", "upper"))
+    record = json.loads(out.attrs["calibration"])
+    assert record["calibration_cases"] == 2 and record["calibration_pixels"] == 2 * 2 * 16 * 16
+    assert record["level"] == 0.9 and record["cases"] == [str(c) for c in cal["case"].values]
+    table = pd.read_csv(folder / "calibration.csv")
+    primary = table[table["primary"]].iloc[0]
+    assert primary["lambda"] == pytest.approx(record["lam"], rel=1e-5) and primary["level"] == 0.9
+    truth = np.stack([ev["truth"].values.real, ev["truth"].values.imag], axis=-1)
+    inside = (truth >= out["lower"].values) & (truth <= out["upper"].values)
+    assert inside.mean() == pytest.approx(primary["coverage_calibrated"], abs=1e-6)
+    assert (folder / "calibration.png").stat().st_size > 0
+    assert not (run / "results/mri/tiny/4x/ddim-dps/calibration.csv").exists()
+    summary = pd.read_csv(run / "results/mri/tiny/summary.csv")
+    row = summary[(summary["method"] == "dpmpp_2m-dds") & (summary["reconstruction"] == "posterior_mean")]
+    assert row["calibration_lambda"].iloc[0] == pytest.approx(primary["lambda"], rel=1e-3)
+    assert row["coverage_complex_calibrated"].iloc[0] == pytest.approx(
+        primary["coverage_calibrated"], abs=1e-3
+    )
+    # the raw channel coverage at the calibration level is the evaluation's coverage_complex_90
+    assert row["coverage_complex_raw"].iloc[0] == pytest.approx(row["coverage_complex_90"].iloc[0], abs=1e-3)
+    other = summary[summary["method"] == "ddim-dps"]
+    assert other["calibration_lambda"].isna().all()
     assert (run / "results/mri/tiny/prior/loss.png").stat().st_size > 0
     ads = open_zarr(run / "results/ads/tiny/4x/ads.zarr")
     assert ads["samples"].dims == ("strategy", "case", "sample", "y", "x") and "acquisition_order" in ads
@@ -143,8 +183,21 @@ UPSTREAM = {
     [
         (
             {"mri": {"sampling": {"steps": 5}}},
-            {"sample_mri", "evaluate_mri", "summarise_mri", "ads_mri", "all"},
+            {
+                "sample_mri",
+                "sample_calibration_mri",
+                "calibrate_mri",
+                "evaluate_mri",
+                "summarise_mri",
+                "ads_mri",
+                "all",
+            },
             UPSTREAM | {"train_prior_mri"},
+        ),
+        (
+            {"mri": {"calibration": {"level": 0.8}}},
+            {"calibrate_mri", "summarise_mri", "all"},
+            UPSTREAM | {"train_prior_mri", "sample_mri", "sample_calibration_mri", "evaluate_mri", "ads_mri"},
         ),
         (
             {"ads": {"particles": 3}},
@@ -181,7 +234,15 @@ UPSTREAM = {
             UPSTREAM | {"train_prior_mri", "ads_mri"},
         ),
     ],
-    ids=["sampling-key", "ads-key", "prior-key", "one-method", "ct3d-sampling-key", "ct3d-prior-key"],
+    ids=[
+        "sampling-key",
+        "calibration-key",
+        "ads-key",
+        "prior-key",
+        "ct3d-sampling-key",
+        "ct3d-prior-key",
+        "one-method",
+    ],
 )
 def test_an_edit_reruns_only_the_jobs_it_affects(run, tmp_path, edit, reruns, spared):
     """Each job's params hold only its config paths: an edit reschedules what depends on it."""
@@ -249,10 +310,16 @@ def test_uncertainty_notebook_runs_headless_on_the_dag_output(run):
     row = summary[
         (summary["method"] == "dpmpp_2m-dds") & (summary["reconstruction"] == "posterior_mean")
     ].iloc[0]
-    for level in (50, 90, 95):
-        shown = float(re.search(rf"{level}% interval covers\s+([\d.]+)%", text).group(1))
-        # printed to 0.01 percentage points, the summary to 4 significant digits
-        assert abs(shown - 100 * row[f"coverage_{level}"]) < 0.011, (level, shown, row[f"coverage_{level}"])
+    parts = {"magnitude": "", "object": "object_", "background": "background_", "complex": "complex_"}
+    for part, column in parts.items():
+        for level in (50, 90, 95):
+            shown = float(re.search(rf"{part}: {level}% interval covers\s+([\d.]+)%", text).group(1))
+            # printed to 0.01 percentage points, the summary to 4 significant digits
+            expected = 100 * row[f"coverage_{column}{level}"]
+            assert abs(shown - expected) < 0.011, (part, level, shown, expected)
+    assert "calibration_lambda" in row and re.search(r"calibrated at 90%: lambda ([\d.]+)", text)
+    shown = float(re.search(r"calibrated at 90%: lambda ([\d.]+)", text).group(1))
+    assert shown == pytest.approx(row["calibration_lambda"], rel=5e-3)
 
 
 def test_bad_config_stops_the_workflow_with_the_key_named(tmp_path):

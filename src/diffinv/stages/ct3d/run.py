@@ -128,7 +128,9 @@ class Reconstruction:
         self.task = _task(ct, args.task)
         self.store = CTStore(Path(args.data), ct["data"])
         prior, self.norm = load_prior(Path(args.prior), self.store.image_shape, device)
-        self.prior = SliceDenoiser(prior, ct["sampling"]["slice_batch"])
+        self.nonnegative = bool(ct["sampling"]["nonnegative"])
+        floor = self.norm.to_prior(torch.zeros(())).item() if self.nonnegative else None
+        self.prior = SliceDenoiser(prior, ct["sampling"]["slice_batch"], floor)
         overrides = {k: entry[k] for k in ("steps", "samples") if entry.get(k) is not None}
         self.sampling = Sampling.from_config(ct["sampling"], **overrides)
         self.views = self.task.select(self.store.angles)
@@ -196,7 +198,10 @@ class Reconstruction:
         reference: torch.Tensor,
     ) -> xr.Dataset:
         units = self.image_units
-        samples = self.norm.to_data(res.samples).numpy().astype(np.float32)[None]
+        samples = self.norm.to_data(res.samples)
+        if self.nonnegative:  # the physical constraint, also after the last data-consistency step
+            samples = samples.clamp_min(0)
+        samples = samples.numpy().astype(np.float32)[None]
         dims = ("volume", "sample", "z", "y", "x")
         variables: dict[str, Any] = posterior_variables(samples, dims, what="attenuation")
         for name in variables:

@@ -26,7 +26,7 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from diffinv.diffusion.denoisers import fingerprint
+from diffinv.diffusion.denoisers import content_hash, fingerprint
 from diffinv.errors import ConfigError, InputError
 from diffinv.io.store import open_zarr
 from diffinv.operators.ct import ParallelBeamCT, fbp
@@ -212,10 +212,12 @@ class SliceDenoiser:
     DiffusionMBIR (Chung et al. 2023, Sec. 3.2): the 2D score is applied slice by slice; the
     coupling between slices comes from the data-consistency step (e.g. ``admm_tv``). Network
     memory is bounded by ``slice_batch``, whatever the depth. ``slices`` counts evaluated slices.
+    ``floor`` (the prior's units) clamps the x0 predictions from below: attenuation is not
+    negative, a value constraint like the prior's ``clip``.
     """
 
-    def __init__(self, prior: Any, slice_batch: int) -> None:
-        self.prior, self.slice_batch = prior, int(slice_batch)
+    def __init__(self, prior: Any, slice_batch: int, floor: float | None = None) -> None:
+        self.prior, self.slice_batch, self.floor = prior, int(slice_batch), floor
         self.schedule = prior.schedule
         self.clip = getattr(prior, "clip", None)
         self.slices = 0
@@ -234,8 +236,9 @@ class SliceDenoiser:
         return self.prior.parameters()
 
     def fingerprint(self) -> str | None:
-        """The inner prior's fingerprint (the slicing does not change its values)."""
-        return fingerprint(self.prior)
+        """Content hash of the inner prior's fingerprint and the floor (slicing does not change values)."""
+        inner = fingerprint(self.prior)
+        return None if inner is None else content_hash((inner, self.floor))
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         n, depth = x.shape[:2]
@@ -244,7 +247,8 @@ class SliceDenoiser:
         b = self.slice_batch
         out = torch.cat([self.prior(flat[i : i + b], times[i : i + b]) for i in range(0, n * depth, b)])
         self.slices += n * depth
-        return out.reshape(x.shape)
+        out = out.reshape(x.shape)
+        return out.clamp_min(self.floor) if self.floor is not None else out
 
 
 def view_angles_deg(angles: np.ndarray) -> Sequence[float]:
