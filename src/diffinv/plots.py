@@ -93,7 +93,13 @@ def plot_ads_case(
     """ADS for one case: the mask growing (entropy per line at each acquisition, chosen line
     marked), the final masks of every strategy, and truth / ADS mean / ADS std / baselines."""
     n_img = len(images) + 1
-    fig, axes = plt.subplots(1, 2 + n_img, figsize=(2.6 * (2 + n_img) + 1.5, 3.0))
+    # two rows, so the figure stays readable at the report's width: acquisition panels on top,
+    # images below
+    fig = plt.figure(figsize=(2.0 * n_img + 1.2, 5.4))
+    grid = fig.add_gridspec(2, n_img, height_ratios=[1.1, 1])
+    half = max(1, n_img // 2)
+    top = [fig.add_subplot(grid[0, :half]), fig.add_subplot(grid[0, half:])]
+    axes = top + [fig.add_subplot(grid[1, k]) for k in range(n_img)]
     ax = axes[0]
     shown = np.where(np.isfinite(entropy), entropy, np.nan)
     heat = ax.imshow(shown, aspect="auto", cmap=FIELD_CMAP, interpolation="nearest")
