@@ -27,6 +27,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/mri.smk"
 include: "workflow/rules/ads.smk"
 include: "workflow/rules/ct3d.smk"
+include: "workflow/rules/mri3d.smk"
 
 
 rule all:

@@ -86,8 +86,9 @@ def _check_methods(cfg: dict[str, Any], source: str) -> None:
     methods = cfg["mri"]["sampling"]["methods"]
     entries = [(f"mri.sampling.methods[{i}]", m) for i, m in enumerate(methods)]
     ct3d = [(f"ct3d.sampling.methods[{i}]", m) for i, m in enumerate(cfg["ct3d"]["sampling"]["methods"])]
+    mri3d = [(f"mri3d.sampling.methods[{i}]", m) for i, m in enumerate(cfg["mri3d"]["sampling"]["methods"])]
     try:
-        for where, method in entries + ct3d + [("ads.method", cfg["ads"]["method"])]:
+        for where, method in entries + ct3d + mri3d + [("ads.method", cfg["ads"]["method"])]:
             for kind in (k for k in GROUPS if method.get(k)):
                 check_options(kind, method[kind], method.get(f"{kind}_options", {}), where)
     except ConfigError as exc:
@@ -102,6 +103,7 @@ def _check_methods(cfg: dict[str, Any], source: str) -> None:
             )
         first[name] = where
     _check_unique(ct3d, "name", source)
+    _check_unique(mri3d, "name", source)
     _check_unique([(f"ct3d.tasks[{i}]", t) for i, t in enumerate(cfg["ct3d"]["tasks"])], "name", source)
     for i, task in enumerate(cfg["ct3d"]["tasks"]):
         if "views" not in task and "wedge" not in task:

@@ -197,6 +197,21 @@ def _cmd_ct3d_summarise(args: argparse.Namespace) -> None:
     print(summarise([Path(m) for m in args.metrics], Path(args.output)).to_string(index=False))
 
 
+def _cmd_mri3d_evaluate(args: argparse.Namespace) -> None:
+    from diffinv.stages.mri3d.evaluate import evaluate
+
+    table = evaluate(
+        [Path(s) for s in args.stores], Path(args.metrics), Path(args.figures) if args.figures else None
+    )
+    print(table.groupby(["reconstruction", "view"])[["psnr", "ssim"]].mean().to_string())
+
+
+def _cmd_mri3d_summarise(args: argparse.Namespace) -> None:
+    from diffinv.stages.mri3d.evaluate import summarise
+
+    print(summarise([Path(m) for m in args.metrics], Path(args.output)).to_string(index=False))
+
+
 def _add_runtime(p: argparse.ArgumentParser) -> None:
     """Config source, device and threads: the arguments every stage verb shares."""
     g = p.add_mutually_exclusive_group(required=True)
@@ -262,6 +277,21 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("metrics", nargs="+", help="metrics CSVs written by 'diffinv ct3d-evaluate'")
     p.add_argument("-o", "--output", required=True, help="output CSV of means over volumes")
     p.set_defaults(func=_cmd_ct3d_summarise)
+
+    p = verbs.add_parser("mri3d-evaluate", help="metrics CSV and figures of 3D MRI stores")
+    p.add_argument("stores", nargs="+", help="posterior.zarr stores written by 'diffinv sample mri3d'")
+    p.add_argument(
+        "--metrics", required=True, help="output CSV: magnitude PSNR/SSIM per volume, reconstruction and view"
+    )
+    p.add_argument("--figures", help="output folder of PNGs, three orthogonal views per volume")
+    p.set_defaults(func=_cmd_mri3d_evaluate)
+
+    p = verbs.add_parser(
+        "mri3d-summarise", help="mean 3D MRI metrics per acceleration, method, reconstruction and view"
+    )
+    p.add_argument("metrics", nargs="+", help="metrics CSVs written by 'diffinv mri3d-evaluate'")
+    p.add_argument("-o", "--output", required=True, help="output CSV of means over volumes")
+    p.set_defaults(func=_cmd_mri3d_summarise)
 
     p = verbs.add_parser("evaluate", help="metrics CSV and figures of posterior stores")
     p.add_argument("stores", nargs="+", help="posterior.zarr stores written by 'diffinv sample mri'")

@@ -121,6 +121,11 @@ def ct3d_prior():
     return CT3D["prior"]["checkpoint"] or f"results/ct3d/{CT3D_DATASET}/prior"
 
 
+MRI3D = config["mri3d"]
+MRI3D_METHODS = [m["name"] for m in MRI3D["sampling"]["methods"]]
+MRI3D_ACCELERATIONS = MRI3D["sampling"]["accelerations"]
+
+
 def all_outputs():
     """Every final output of the workflow."""
     out = [f"results/mri/{MRI_DATASET}/summary.{ext}" for ext in ("csv", "html")]
@@ -156,6 +161,14 @@ def all_outputs():
         )
         if not CT3D["prior"]["checkpoint"]:
             out.append(f"results/ct3d/{CT3D_DATASET}/prior/loss.png")
+    if MRI3D["enabled"]:
+        out += [f"results/mri3d/{MRI_DATASET}/summary.{ext}" for ext in ("csv", "html")]
+        out += expand(
+            "results/mri3d/{dataset}/{acc}x/{m3method}/figures",
+            dataset=MRI_DATASET,
+            acc=MRI3D_ACCELERATIONS,
+            m3method=MRI3D_METHODS,
+        )
     out += [
         f"results/data/{kind}{source}.{ext}"
         for source in ("era5", "igra", "ct")

@@ -23,7 +23,7 @@ from typing import Any
 
 from diffinv.errors import ConfigError
 
-BUILTIN = ("diffinv.stages.mri", "diffinv.stages.ads", "diffinv.stages.ct3d")
+BUILTIN = ("diffinv.stages.mri", "diffinv.stages.ads", "diffinv.stages.ct3d", "diffinv.stages.mri3d")
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,18 @@ def central(volume: np.ndarray, axis: int) -> np.ndarray:
 
 
 def plot_orthogonal_views(
-    panels: dict[str, np.ndarray], std: np.ndarray, units: str, title: str, path: Path
+    panels: dict[str, np.ndarray],
+    std: np.ndarray,
+    units: str,
+    title: str,
+    path: Path,
+    quantity: str = "attenuation",
 ) -> Path:
     """Rows: axial, coronal, sagittal; columns: the volumes of ``panels`` (the first is the
     reference, the last the posterior mean), |mean − reference| and the posterior std.
 
     Image panels share one grey scale (the reference's range); error and std share one colour scale.
+    ``quantity`` names the image values on the grey colour bar.
     """
     names = list(panels)
     reference, mean = panels[names[0]], panels[names[-1]]
@@ -55,7 +61,7 @@ def plot_orthogonal_views(
         ax.set_xticks([])
         ax.set_yticks([])
     fig.colorbar(
-        gray, ax=list(axes[:, : len(names)].flat), fraction=0.02, pad=0.01, label=f"attenuation ({units})"
+        gray, ax=list(axes[:, : len(names)].flat), fraction=0.02, pad=0.01, label=f"{quantity} ({units})"
     )
     fig.colorbar(heat, ax=list(axes[:, len(names) :].flat), fraction=0.04, pad=0.01, label=units)
     fig.suptitle(title)
