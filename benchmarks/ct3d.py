@@ -1,15 +1,14 @@
 """3D CT stage: quality against NFE for the reference and fast variants, and time and peak memory
 per volume against depth.
 
-``quality``: runs ``ct3d.sampling.methods``-style variants through the stage
-(:class:`diffinv.stages.ct3d.run.Reconstruction`) on the config's evaluation volumes for every
-task, with the steps given (the reference: ancestral DDIM, one ADMM-TV(z) iteration with 1 CG
-step per step; fast: DDIM η=0.15 with 5 CG steps), and writes PSNR/SSIM per view, NFE, 2D
-network evaluations and wall time (out/ct3d_quality.csv, .png). Needs the ingested store and
-a trained prior (``make demo``).
+``quality``: runs the config's ``ct3d.sampling.methods`` through the stage
+(:class:`diffinv.stages.ct3d.run.Reconstruction`) on its evaluation volumes for every task, the
+``--reference`` method (default ``mbir``) over ``--reference-steps`` and the others over
+``--fast-steps``, and writes PSNR/SSIM per view, NFE, 2D network evaluations and wall time
+(out/ct3d_quality.csv, .png). Needs the ingested store and a trained prior (``make demo``).
 
-``scale``: for each depth, writes a demo scan of that many slices, and runs the fast method
-(one sample) on one volume in a fresh process, recording the wall time and the process's peak
+``scale``: for each depth, writes a demo scan of that many slices, and runs the config's
+``fast`` method (one sample) on one volume in a fresh process, recording the wall time and the process's peak
 resident memory (CPU) or peak CUDA memory (out/ct3d_scale.csv). With ``--prior none`` an
 untrained network of the config's architecture stands in (timing only).
 
@@ -35,8 +34,6 @@ from diffinv.config import load_config
 from diffinv.stages import verb_config
 
 OUT = Path(__file__).parent / "out"
-REFERENCE = {"solver": "ddim", "solver_options": {"eta": 1.0}, "guidance": "admm_tv"}
-FAST = {"solver": "ddim", "solver_options": {"eta": 0.15}, "guidance": "admm_tv"}
 
 
 def _job(cfg: dict[str, Any], entry: dict[str, Any], store: Path, prior: Path, task: str, device: str) -> Any:
@@ -50,40 +47,38 @@ def _job(cfg: dict[str, Any], entry: dict[str, Any], store: Path, prior: Path, t
 
 
 def quality(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
-    """PSNR/SSIM per view against NFE, reference and fast, every task of the config."""
+    """PSNR/SSIM per view against NFE for the config's methods (``--reference`` over
+    ``--reference-steps``, the others over ``--fast-steps``), every task of the config."""
     from diffinv.stages.ct3d.evaluate import VIEWS, view_metrics
 
-    lam = cfg["ct3d"]["sampling"]["methods"][0]["guidance_options"].get("lam", 0.1)
-    variants = [("reference", REFERENCE, s, 1, a.reference_samples) for s in a.reference_steps]
-    variants += [("fast", FAST, s, 5, cfg["ct3d"]["sampling"]["samples"]) for s in a.fast_steps]
     rows = []
+    methods = cfg["ct3d"]["sampling"]["methods"]
     for task in [t["name"] for t in cfg["ct3d"]["tasks"]]:
-        for name, base, steps, cg, samples in variants:
-            entry = {
-                **copy.deepcopy(base),
-                "name": name,
-                "guidance_options": {"lam": lam, "rho": 1.0, "cg_steps": cg},
-                "steps": steps,
-                "samples": samples,
-            }
-            job = _job(cfg, entry, a.store, a.prior, task, a.device)
-            for bounds in job.store.eval_bounds:
-                start = time.perf_counter()
-                ds = job.case(job.store.volume(bounds))
-                ref, mean = ds["reference"].values[0], ds["mean"].values[0]
-                row = {"task": task, "variant": name, "steps": steps, "cg_steps": cg, "samples": samples}
-                row.update(volume=str(ds["volume"].values[0]), nfe=float(ds["nfe"].values[0]))
-                row["slice_evaluations"] = float(ds["slice_evaluations"].values[0])
-                row["wall_time_s"] = round(time.perf_counter() - start, 2)
-                for view, axis in VIEWS.items():
-                    m = view_metrics(ref, mean, axis)
-                    row[f"psnr_{view}"], row[f"ssim_{view}"] = round(m["psnr"], 3), round(m["ssim"], 4)
-                for base_name in ("fbp", "tv"):
-                    row[f"psnr_coronal_{base_name}"] = round(
-                        view_metrics(ref, ds[base_name].values[0], 1)["psnr"], 3
+        for method in methods:
+            steps_list = a.reference_steps if method["name"] == a.reference else a.fast_steps
+            for steps in steps_list:
+                entry = {**copy.deepcopy(method), "steps": steps}
+                job = _job(cfg, entry, a.store, a.prior, task, a.device)
+                for bounds in job.store.eval_bounds:
+                    start = time.perf_counter()
+                    ds = job.case(job.store.volume(bounds))
+                    ref, mean = ds["reference"].values[0], ds["mean"].values[0]
+                    row = {"task": task, "variant": method["name"], "steps": steps}
+                    row.update(samples=job.sampling.samples, volume=str(ds["volume"].values[0]))
+                    row.update(
+                        nfe=float(ds["nfe"].values[0]),
+                        slice_evaluations=float(ds["slice_evaluations"].values[0]),
                     )
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                    row["wall_time_s"] = round(time.perf_counter() - start, 2)
+                    for view, axis in VIEWS.items():
+                        m = view_metrics(ref, mean, axis)
+                        row[f"psnr_{view}"], row[f"ssim_{view}"] = round(m["psnr"], 3), round(m["ssim"], 4)
+                    for base in ("fbp", "tv"):
+                        row[f"psnr_coronal_{base}"] = round(
+                            view_metrics(ref, ds[base].values[0], 1)["psnr"], 3
+                        )
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
     write_csv(a.out / "ct3d_quality.csv", rows)
     _plot_quality(rows, a.out / "ct3d_quality.png")
 
@@ -94,7 +89,7 @@ def _plot_quality(rows: list[dict[str, Any]], path: Path) -> None:
     tasks = sorted({r["task"] for r in rows})
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.2), dpi=110, squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        for variant, marker in (("reference", "o"), ("fast", "s")):
+        for variant, marker in zip(sorted({r["variant"] for r in rows}), "osd^v"):
             pts = sorted(
                 {
                     r["nfe"]: [
@@ -156,8 +151,8 @@ def _one(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
         cfg["ct3d"]["data"].update(reference="truth", train_on="truth")
         cfg["ct3d"]["baselines"]["tv"]["lambdas"] = [0.1]
         prior = a.prior if str(a.prior) != "none" else _untrained(cfg, root, a.size)
-        entry = {**copy.deepcopy(FAST), "name": "fast", "steps": 20, "samples": 1}
-        entry["guidance_options"] = {"lam": 0.1, "rho": 1.0, "cg_steps": 5}
+        fast = next(m for m in cfg["ct3d"]["sampling"]["methods"] if m["name"] == "fast")
+        entry = {**copy.deepcopy(fast), "samples": 1}
         cfg["ct3d"]["sampling"]["batch_size"] = 1
         job = _job(cfg, entry, root / "ct.zarr", prior, cfg["ct3d"]["tasks"][0]["name"], a.device)
         if a.device.startswith("cuda"):
@@ -214,7 +209,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--reference-steps", type=int, nargs="+", default=[100, 200, 400])
-    p.add_argument("--reference-samples", type=int, default=2)
+    p.add_argument("--reference", default="mbir", help="the config method swept over --reference-steps")
     p.add_argument("--fast-steps", type=int, nargs="+", default=[5, 10, 20, 40])
     p.add_argument("--depths", type=int, nargs="+", default=[8, 16, 32, 64])
     p.add_argument("--depth", type=int, default=16)

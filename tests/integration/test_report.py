@@ -217,7 +217,9 @@ def test_categories_and_quicklooks(browser, report):
     browser.open(report.as_uri())
     browser.eval(HELPERS)
     cats = browser.eval("Object.keys(categories).sort()")
-    assert cats == ["ADS", "Data", "MRI", "Prior"], cats
+    assert cats == ["ADS", "CT 3D", "Data", "MRI", "Prior"], cats
+    assert browser.eval("Object.keys(categories['Prior']).sort()") == ["CT 3D", "MRI"]
+    assert browser.eval("Object.keys(categories['CT 3D']).sort()") == ["Summary", "Volumes"]
     assert browser.eval("Object.keys(categories['Data']).sort()") == ["CT", "ERA5", "IGRA"]
     mri = {"Summary", "Reconstructions 4x", "Calibration"}  # calibration: tiny.yaml's mri.calibration
     assert set(browser.eval("Object.keys(categories['MRI'])")) == mri
@@ -232,7 +234,7 @@ def test_categories_and_quicklooks(browser, report):
 
 
 def test_params_are_readable_settings(browser, report):
-    _open_result(browser, report, "Prior", None, "training loss", button=1)
+    _open_result(browser, report, "Prior", "MRI", "training loss", button=1)
     text = browser.eval("document.body.innerText")
     assert "mri.prior.train.steps=20" in text and "seed=0" in text, text[-2000:]
     assert '{"' not in text and '\\\\"' not in text and str(ROOT) not in text
