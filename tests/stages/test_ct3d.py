@@ -145,11 +145,11 @@ def test_a_killed_job_resumes_from_its_last_completed_volume(store, prior, tmp_p
     uninterrupted run."""
     import xarray as xr
 
-    from diffinv.io.store import open_zarr, write_zarr_blocks
+    from diffinv.io.store import open_zarr
     from diffinv.stages.ct3d.run import Reconstruction
 
     clean = tmp_path / "clean.zarr"
-    write_zarr_blocks(_job(store, prior).blocks(tmp_path / "clean.parts"), clean, "volume")
+    _job(store, prior).write(clean)
 
     calls: list[str] = []
     original = Reconstruction.case
@@ -161,13 +161,14 @@ def test_a_killed_job_resumes_from_its_last_completed_volume(store, prior, tmp_p
         return original(self, volume)
 
     monkeypatch.setattr(Reconstruction, "case", crashing)
-    parts, out = tmp_path / "out.parts", tmp_path / "out.zarr"
+    parts, out = tmp_path / "out.zarr.parts", tmp_path / "out.zarr"
     with pytest.raises(KeyboardInterrupt):
-        write_zarr_blocks(_job(store, prior).blocks(parts), out, "volume")
-    assert not out.exists() and (parts / "volume0000.zarr").exists()
+        _job(store, prior).write(out)
+    assert not out.exists() and (parts / "block0000.zarr").exists()
 
     calls.clear()
-    write_zarr_blocks(_job(store, prior).blocks(parts), out, "volume")
+    _job(store, prior).write(out)
+    assert not parts.exists()
     assert calls == [open_zarr(clean)["volume"].values[1]]  # only the second volume ran again
     xr.testing.assert_equal(  # values and coordinates (provenance times differ)
         open_zarr(out)[["samples", "tv", "fbp"]], open_zarr(clean)[["samples", "tv", "fbp"]]

@@ -114,12 +114,12 @@ def test_mask_meets_the_acceleration_with_a_fully_sampled_centre_and_its_seed(ac
 
 
 def test_store_holds_volumes_with_zero_filled_equal_to_the_adjoint_of_the_data(stores, prior, tmp_path):
-    from diffinv.io.store import open_zarr, write_zarr_blocks
+    from diffinv.io.store import open_zarr
     from diffinv.stages.mri3d.evaluate import evaluate_store
 
     store, _ = stores
     job = _job(store, prior)
-    out = write_zarr_blocks(job.blocks(tmp_path / "parts"), tmp_path / "posterior.zarr", "volume")
+    out = job.write(tmp_path / "posterior.zarr")
     ds = open_zarr(out).load()
     assert ds["samples"].dims == ("volume", "sample", "z", "y", "x") and ds.sizes["volume"] == 2
     assert ds["samples"].dtype == np.complex64 and ds["mask"].dims == ("volume", "kz", "kx")

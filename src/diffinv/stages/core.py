@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -253,6 +256,49 @@ def sampling_provenance(
         seeds=SEED_POLICY,
         nfe_unit="denoiser evaluations per posterior sample (store variable nfe)",
     )
+
+
+def resume_key(*parts: Any) -> str:
+    """A short hash of everything a resumable block depends on (config, inputs, method, prior)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def write_resumable(
+    cases: Sequence[Callable[[], Any]],
+    out: Path,
+    append_dim: str,
+    key: str,
+    record: Mapping[str, Any],
+    desc: str,
+) -> Path:
+    """Write one block per case (``cases[k]()`` returns an ``xarray.Dataset``) to the store ``out``,
+    concatenated along ``append_dim``, keeping each finished block in ``<out>.parts/`` under ``key``.
+
+    A rerun with the same key reuses the finished blocks, so a killed job resumes from its last
+    completed case; the store appears atomically once complete, and the parts are then removed.
+    """
+    from diffinv.io.store import is_diffinv_store, open_zarr, set_provenance, write_zarr, write_zarr_blocks
+
+    parts = out.with_name(out.name + ".parts")
+    parts.mkdir(parents=True, exist_ok=True)
+
+    def blocks() -> Iterator[Any]:
+        bar = progress(len(cases), desc)
+        for k, make in enumerate(cases):
+            part = parts / f"block{k:04d}.zarr"
+            if is_diffinv_store(part) and open_zarr(part).attrs.get("resume_key") == key:
+                block = open_zarr(part).load()
+            else:
+                block = make()
+                block.attrs["resume_key"] = key
+                write_zarr(set_provenance(block, record), part)
+            bar.update(1)
+            yield block
+        bar.close()
+
+    write_zarr_blocks(blocks(), out, append_dim)
+    shutil.rmtree(parts, ignore_errors=True)
+    return out
 
 
 OnStep = Callable[[StepInfo], "Problem | None"]

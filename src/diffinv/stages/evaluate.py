@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -120,16 +120,28 @@ def case_figures(store: Path, folder: Path) -> list[Path]:
     return paths
 
 
-def evaluate(stores: Sequence[Path], metrics_csv: Path, figures: Path | None = None) -> pd.DataFrame:
-    """Metrics of several stores into one CSV (atomic), and optionally figures."""
-    table = pd.concat([evaluate_store(s) for s in stores], ignore_index=True)
+def evaluate_stores(
+    stores: Sequence[Path],
+    metrics_csv: Path,
+    figures: Path | None,
+    metrics_of: Callable[[Path], pd.DataFrame],
+    figures_of: Callable[[Path, Path], object],
+) -> pd.DataFrame:
+    """Every stage's evaluate step: ``metrics_of`` each store into one CSV (atomic), and optionally
+    ``figures_of`` each store into the folder ``figures`` (atomic)."""
+    table = pd.concat([metrics_of(s) for s in stores], ignore_index=True)
     with atomic_path(metrics_csv) as tmp:
         table.to_csv(tmp, index=False, float_format="%.5g")
     if figures is not None:
         with atomic_path(figures) as tmp:
             for s in stores:
-                case_figures(s, tmp)
+                figures_of(s, tmp)
     return table
+
+
+def evaluate(stores: Sequence[Path], metrics_csv: Path, figures: Path | None = None) -> pd.DataFrame:
+    """Metrics of several MRI stores into one CSV, and optionally figures."""
+    return evaluate_stores(stores, metrics_csv, figures, evaluate_store, case_figures)
 
 
 #: Summary columns taken from a calibration CSV's primary row (``diffinv calibrate``).

@@ -10,10 +10,9 @@ assembled.
 from __future__ import annotations
 
 import argparse
-import hashlib
+import functools
 import json
-import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ import torch
 import xarray as xr
 
 from diffinv.errors import ConfigError, InputError
-from diffinv.io.store import is_diffinv_store, open_zarr, set_provenance, write_zarr, write_zarr_blocks
 from diffinv.operators.tv import select_tv_lambda, tv_admm
 from diffinv.stages.core import (
     CaseSamples,
@@ -31,9 +29,10 @@ from diffinv.stages.core import (
     Problem,
     Sampling,
     posterior_variables,
-    progress,
+    resume_key,
     sample_case,
     sampling_provenance,
+    write_resumable,
 )
 from diffinv.stages.ct3d.volumes import (
     CTStore,
@@ -111,10 +110,6 @@ def _task(ct: Mapping[str, Any], name: str) -> Task:
         names = ", ".join(t["name"] for t in ct["tasks"])
         raise ConfigError(f"--task {name!r} is not in ct3d.tasks (fix: use one of {names})")
     return Task.from_config(found[0])
-
-
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class Reconstruction:
@@ -304,34 +299,28 @@ class Reconstruction:
             "normalisation": json.dumps({"offset": self.norm.offset, "scale": self.norm.scale}),
         }
 
-    def blocks(self, parts: Path) -> Iterator[xr.Dataset]:
-        """One block per evaluation volume, resumed from ``parts`` where a finished one matches."""
+    def write(self, out: Path) -> Path:
+        """Write the store, one block per volume, resumable (:func:`~diffinv.stages.core.write_resumable`)."""
         prov = sampling_provenance(
             self.record, self.prior, self.method, self.sampling, self.cfg["seed"], self.device
         )
-        key = _key(self.record, self.method.as_dict(), self.sampling, self.prior.fingerprint())
-        bar = progress(len(self.store.eval_bounds), f"sample ct3d {self.task.name} {self.entry['name']}")
-        for k, bounds in enumerate(self.store.eval_bounds):
-            part = parts / f"volume{k:04d}.zarr"
-            if is_diffinv_store(part) and open_zarr(part).attrs.get("resume_key") == key:
-                block = open_zarr(part).load()
-            else:
-                block = self.case(self.store.volume(bounds))
-                block.attrs.update(self.attrs(), resume_key=key)
-                write_zarr(set_provenance(block, prov), part)
-            bar.update(1)
-            yield block
-        bar.close()
+        key = resume_key(self.record, self.method.as_dict(), self.sampling, self.prior.fingerprint())
+
+        def block(b: Any) -> xr.Dataset:
+            ds = self.case(self.store.volume(b))
+            ds.attrs.update(self.attrs())
+            return ds
+
+        cases = [functools.partial(block, b) for b in self.store.eval_bounds]
+        return write_resumable(
+            cases, out, "volume", key, prov, f"sample ct3d {self.task.name} {self.entry['name']}"
+        )
 
 
 def sample(args: argparse.Namespace, cfg: dict[str, Any], device: str) -> None:
     """``diffinv sample ct3d``: posterior store of one task with one method, volume by volume."""
     job = Reconstruction(args, cfg, device)
-    out = Path(args.output)
-    parts = out.with_name(out.name + ".parts")
-    parts.mkdir(parents=True, exist_ok=True)
-    write_zarr_blocks(job.blocks(parts), out, "volume")
-    shutil.rmtree(parts, ignore_errors=True)
+    out = job.write(Path(args.output))
     print(
         f"wrote {out} ({len(job.store.eval_bounds)} volumes, task {job.task.name}, "
         f"method {job.entry['name']})"

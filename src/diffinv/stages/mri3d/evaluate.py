@@ -84,15 +84,10 @@ def volume_figures(store: Path, folder: Path) -> list[Path]:
 
 
 def evaluate(stores: Sequence[Path], metrics_csv: Path, figures: Path | None = None) -> pd.DataFrame:
-    """Metrics of several stores into one CSV (atomic), and optionally figures."""
-    table = pd.concat([evaluate_store(s) for s in stores], ignore_index=True)
-    with atomic_path(metrics_csv) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.5g")
-    if figures is not None:
-        with atomic_path(figures) as tmp:
-            for s in stores:
-                volume_figures(s, tmp)
-    return table
+    """Metrics of several mri3d stores into one CSV, and optionally figures."""
+    from diffinv.stages.evaluate import evaluate_stores
+
+    return evaluate_stores(stores, metrics_csv, figures, evaluate_store, volume_figures)
 
 
 def summarise(metrics: Sequence[Path], out_csv: Path) -> pd.DataFrame:

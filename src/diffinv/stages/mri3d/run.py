@@ -9,10 +9,8 @@ killed job resumes from its last completed volume (as the 3D CT stage does).
 from __future__ import annotations
 
 import argparse
-import hashlib
+import functools
 import json
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,6 @@ import xarray as xr
 
 from diffinv.complex import channels_to_complex
 from diffinv.errors import ConfigError, InputError
-from diffinv.io.store import is_diffinv_store, open_zarr, set_provenance, write_zarr, write_zarr_blocks
 from diffinv.operators.mri3d import MRI3DOperator, variable_density_mask_2d
 from diffinv.operators.tv import select_tv_lambda, tv_admm
 from diffinv.stages.core import (
@@ -32,9 +29,10 @@ from diffinv.stages.core import (
     Problem,
     Sampling,
     posterior_variables,
-    progress,
+    resume_key,
     sample_case,
     sampling_provenance,
+    write_resumable,
 )
 from diffinv.stages.mri3d.volumes import MRIVolume, VolumeSource
 from diffinv.stages.slices import SliceDenoiser
@@ -54,10 +52,6 @@ def load_prior(folder: Path, grid: tuple[int, int], data: Path, device: str) -> 
             "train it with 'diffinv train mri'",
         )
     return load_mri_prior(folder, grid, data, device)
-
-
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def to_complex(x: torch.Tensor, scale: float) -> np.ndarray:
@@ -263,32 +257,26 @@ class Reconstruction:
             "tv_lambda_grid_mse": json.dumps(self.tv_grid),
         }
 
-    def blocks(self, parts: Path) -> Iterator[xr.Dataset]:
-        """One block per volume, resumed from ``parts`` where a finished one matches."""
+    def write(self, out: Path) -> Path:
+        """Write the store, one block per volume, resumable (:func:`~diffinv.stages.core.write_resumable`)."""
         prov = sampling_provenance(
             self.record, self.prior, self.method, self.sampling, self.cfg["seed"], self.device
         )
-        key = _key(self.record, self.method.as_dict(), self.sampling, self.prior.fingerprint())
-        bar = progress(len(self.source), f"sample mri3d {self.acceleration}x {self.entry['name']}")
-        for k, label in enumerate(self.source.labels):
-            part = parts / f"volume{k:04d}.zarr"
-            if is_diffinv_store(part) and open_zarr(part).attrs.get("resume_key") == key:
-                block = open_zarr(part).load()
-            else:
-                block = self.case(self.source.volume(label))
-                block.attrs.update(self.attrs(), resume_key=key)
-                write_zarr(set_provenance(block, prov), part)
-            bar.update(1)
-            yield block
-        bar.close()
+        key = resume_key(self.record, self.method.as_dict(), self.sampling, self.prior.fingerprint())
+
+        def block(b: Any) -> xr.Dataset:
+            ds = self.case(self.source.volume(b))
+            ds.attrs.update(self.attrs())
+            return ds
+
+        cases = [functools.partial(block, b) for b in self.source.labels]
+        return write_resumable(
+            cases, out, "volume", key, prov, f"sample mri3d {self.acceleration}x {self.entry['name']}"
+        )
 
 
 def sample(args: argparse.Namespace, cfg: dict[str, Any], device: str) -> None:
     """``diffinv sample mri3d``: posterior store of one method at one acceleration, volume by volume."""
     job = Reconstruction(args, cfg, device)
-    out = Path(args.output)
-    parts = out.with_name(out.name + ".parts")
-    parts.mkdir(parents=True, exist_ok=True)
-    write_zarr_blocks(job.blocks(parts), out, "volume")
-    shutil.rmtree(parts, ignore_errors=True)
+    out = job.write(Path(args.output))
     print(f"wrote {out} ({len(job.source)} volumes, {job.acceleration}x, method {job.entry['name']})")
