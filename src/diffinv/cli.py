@@ -82,6 +82,10 @@ def _cmd_ingest(args: argparse.Namespace) -> None:
     options = _options(args.set)
     _check_options(module.ingest, options, f"ingest {args.source}")
     out = module.ingest([Path(p) for p in args.inputs], Path(args.output), **options)
+    if args.comment:
+        from diffinv.io.store import update_attrs
+
+        update_attrs(out, {"comment": args.comment})
     print(f"wrote {out}")
 
 
@@ -146,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("-o", "--output", required=True, help="output .zarr store")
     ingest.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="reader option (repeatable)"
+    )
+    ingest.add_argument(
+        "--comment",
+        help="a note kept in the store's 'comment' attribute (the demo rules mark synthetic inputs)",
     )
     ingest.set_defaults(func=_cmd_ingest)
 

@@ -133,6 +133,9 @@ def test_calibration_stage_writes_calibrated_bounds_from_held_out_slices(run):
     assert len(list((run / "results/ads/tiny/4x/figures").glob("*.png"))) == 1
     for source in ("era5", "igra", "ct"):
         assert get_provenance(open_zarr(run / f"results/data/{source}.zarr"))
+    # demo inputs: every ingested store says it holds synthetic data
+    for store in [f"data/{s}.zarr" for s in ("era5", "igra", "ct")] + ["mri/tiny/data/eval.zarr"]:
+        assert "SYNTHETIC" in open_zarr(run / "results" / store).attrs["comment"], store
 
 
 def test_ct3d_stage_writes_volumes_with_baselines_metrics_and_figures(run):

@@ -21,6 +21,9 @@ DATA_SET = {
 DATA_INPUTS = {
     source: DATA.get(source, {}).get("inputs") for source in ("era5", "igra", "ct")
 }
+# Stores ingested from the demo files say so in their `comment` attribute.
+SYNTHETIC = "--comment 'SYNTHETIC demo data written by diffinv demo-data, not real measurements'"
+DATA_NOTE = {source: "" if DATA_INPUTS[source] else SYNTHETIC for source in DATA_INPUTS}
 
 
 rule demo_era5:
@@ -79,8 +82,9 @@ rule ingest_era5:
         "../../envs/cpu.yaml"
     params:
         opts=DATA_SET["era5", "options"],
+        note=DATA_NOTE["era5"],
     shell:
-        "python -m diffinv ingest era5 {input} -o {output} {params.opts} > {log} 2>&1"
+        "python -m diffinv ingest era5 {input} -o {output} {params.opts} {params.note} > {log} 2>&1"
 
 
 rule ingest_igra:
@@ -94,8 +98,9 @@ rule ingest_igra:
         "../../envs/cpu.yaml"
     params:
         opts=DATA_SET["igra", "options"],
+        note=DATA_NOTE["igra"],
     shell:
-        "python -m diffinv ingest igra {input} -o {output} {params.opts} > {log} 2>&1"
+        "python -m diffinv ingest igra {input} -o {output} {params.opts} {params.note} > {log} 2>&1"
 
 
 rule ingest_ct:
@@ -109,8 +114,9 @@ rule ingest_ct:
         "../../envs/cpu.yaml"
     params:
         opts=DATA_SET["ct", "options"],
+        note=DATA_NOTE["ct"],
     shell:
-        "python -m diffinv ingest ct {input} -o {output} {params.opts} > {log} 2>&1"
+        "python -m diffinv ingest ct {input} -o {output} {params.opts} {params.note} > {log} 2>&1"
 
 
 # Quick-look figures of the ingested stores, for the report (category Data).

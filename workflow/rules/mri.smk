@@ -28,8 +28,9 @@ rule ingest_mri:
         "../../envs/cpu.yaml"
     params:
         options=mri_ingest_options,
+        note=SYNTHETIC if MRI["data"]["demo"] else "",
     shell:
-        "python -m diffinv ingest fastmri {input} -o {output} {params.options} > {log} 2>&1"
+        "python -m diffinv ingest fastmri {input} -o {output} {params.options} {params.note} > {log} 2>&1"
 
 
 rule train_prior_mri:

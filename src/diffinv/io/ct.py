@@ -52,7 +52,6 @@ import itertools
 import logging
 import os
 import re
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -67,7 +66,7 @@ import zarr
 
 from diffinv.errors import ConfigError, InputError
 from diffinv.io import options as opt
-from diffinv.io.store import provenance, set_provenance, write_zarr_blocks
+from diffinv.io.store import provenance, set_provenance, update_attrs, write_zarr_blocks
 
 LAYOUTS = ("lodopab", "intensity", "nexus", "projections", "sinograms")
 _STACK_LAYOUTS = ("projections", "sinograms")
@@ -165,7 +164,6 @@ _CHUNK_BYTES = 64 * 2**20
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 # zarr's warning on consolidating metadata in format 3 (see diffinv.io.store)
-_V3_CONSOLIDATED_WARNING = "Consolidated metadata is currently not part in the Zarr format 3 specification"
 
 
 @dataclass
@@ -1159,14 +1157,6 @@ def _same_geometry(a: Scan, b: Scan) -> bool:
     )
 
 
-def _update_attrs(store: Path, attrs: dict[str, Any]) -> None:
-    """Add ``attrs`` to a written store's attributes and consolidate its metadata again."""
-    zarr.open_group(store, mode="r+", use_consolidated=False).attrs.update(attrs)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_V3_CONSOLIDATED_WARNING, category=UserWarning)
-        zarr.consolidate_metadata(store)
-
-
 def ingest(inputs: list[Path], out: Path, **options: Any) -> Path:
     """Convert projection files, concatenated along ``projection``, into a zarr store at ``out``.
 
@@ -1194,5 +1184,5 @@ def ingest(inputs: list[Path], out: Path, **options: Any) -> Path:
     write_zarr_blocks(itertools.chain([head], blocks), out, "projection", encoding)
     clipping = _clipping(scans)  # known once every block is converted
     if clipping:
-        _update_attrs(Path(out), clipping)
+        update_attrs(Path(out), clipping)
     return Path(out)

@@ -209,6 +209,20 @@ def write_zarr_blocks(
     return Path(path)
 
 
+def update_attrs(store: str | os.PathLike[str], attrs: Mapping[str, Any]) -> None:
+    """Add ``attrs`` to a written store's attributes and consolidate its metadata again.
+
+    Not atomic on its own: call it inside the job that wrote the store, so that a failure fails
+    the job (Snakemake then removes the output).
+    """
+    import zarr
+
+    zarr.open_group(store, mode="r+", use_consolidated=False).attrs.update(dict(attrs))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_V3_CONSOLIDATED_WARNING, category=UserWarning)
+        zarr.consolidate_metadata(store)
+
+
 def open_zarr(path: str | os.PathLike[str]) -> xr.Dataset:
     """Open a diffinv zarr store lazily; a clear error if it is missing or not a store."""
     p = Path(path)
