@@ -181,3 +181,27 @@ def _finished_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+def test_long_block_writes_show_progress_and_short_ones_stay_quiet(tmp_path, capsys):
+    """Ingestion's bar (rate, time left with a total) appears once writing takes 2 s, never before."""
+    import time
+
+    import numpy as np
+    import xarray as xr
+
+    from diffinv.io.store import open_zarr, write_zarr_blocks
+
+    def blocks(pause):
+        for k in range(3):
+            time.sleep(pause)
+            yield xr.Dataset({"v": ("t", np.full(2, float(k)))})
+
+    write_zarr_blocks(blocks(0.0), tmp_path / "quick.zarr", "t", desc="ingest demo", total=3)
+    assert "ingest demo" not in capsys.readouterr().err
+    write_zarr_blocks(blocks(1.1), tmp_path / "slow.zarr", "t", desc="ingest demo", total=3)
+    err = capsys.readouterr().err
+    assert "ingest demo" in err and "3/3" in err and "s/block" in err and "<00:01" in err, (
+        err
+    )  # rate, time left
+    assert open_zarr(tmp_path / "slow.zarr")["v"].values.tolist() == [0, 0, 1, 1, 2, 2]

@@ -1181,7 +1181,7 @@ def ingest(inputs: list[Path], out: Path, **options: Any) -> Path:
     encoding = {"sinogram": chunks}
     if "truth" in head:
         encoding["truth"] = {"chunks": (head.sizes["projection"], *head["truth"].shape[1:])}
-    write_zarr_blocks(itertools.chain([head], blocks), out, "projection", encoding)
+    write_zarr_blocks(itertools.chain([head], blocks), out, "projection", encoding, "ingest ct")
     clipping = _clipping(scans)  # known once every block is converted
     if clipping:
         update_attrs(Path(out), clipping)

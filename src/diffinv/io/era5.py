@@ -593,4 +593,5 @@ def ingest(inputs: list[Path], out: Path, **options: Any) -> Path:
     encoding: dict[str, dict[str, Any]] = {"time": _TIME_ENCODING}
     for name, var in head.data_vars.items():
         encoding[name] = {"chunks": (time_chunk, *var.shape[1:])}
-    return write_zarr_blocks(itertools.chain([head], blocks), out, "time", encoding)
+    total = sum(-(-ds.sizes["time"] // time_chunk) for ds, _ in datasets)
+    return write_zarr_blocks(itertools.chain([head], blocks), out, "time", encoding, "ingest era5", total)

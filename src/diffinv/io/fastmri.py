@@ -223,4 +223,4 @@ def ingest(inputs: Sequence[Path], out: Path, kspace_crop: KspaceCrop | None = N
         step="ingest fastmri", source_files=[str(f) for f in files], options={"kspace_crop": kspace_crop}
     )
     blocks = (set_provenance(ds, record) for ds in iter_files(files, kspace_crop))
-    return write_zarr_blocks(blocks, out, append_dim="slice")
+    return write_zarr_blocks(blocks, out, append_dim="slice", desc="ingest fastmri", total=len(files))

@@ -704,4 +704,4 @@ def ingest(inputs: list[Path], out: Path, **options: Any) -> Path:
     for name, var in first.data_vars.items():
         if var.dims == ("sounding", "level"):
             encoding[name] = {"chunks": (reader.block_soundings, var.shape[1])}
-    return write_zarr_blocks(itertools.chain([first], blocks), out, "sounding", encoding)
+    return write_zarr_blocks(itertools.chain([first], blocks), out, "sounding", encoding, "ingest igra")

@@ -182,14 +182,25 @@ def write_zarr_blocks(
     path: str | os.PathLike[str],
     append_dim: str,
     encoding: Mapping | None = None,
+    desc: str | None = None,
+    total: int | None = None,
 ) -> Path:
     """Write a stream of datasets, concatenated along ``append_dim``, to one store atomically.
 
     The first block creates the store (with ``encoding``) and sets the store's attributes;
     later blocks are appended carrying those attributes (an append replaces them). Memory
     holds one block at a time. The store appears at ``path`` only once every block is
-    written; an exception from the iterator leaves nothing behind.
+    written; an exception from the iterator leaves nothing behind. With ``desc``, a progress
+    bar on stderr counts the blocks (rate, and time left when ``total`` blocks are known) once
+    the writing has taken 2 s.
     """
+    if desc is not None:
+        from tqdm import tqdm
+
+        # shown only after 2 s: short runs and early refusals keep stderr to their one line
+        blocks = tqdm(
+            blocks, desc=desc, total=total, unit="block", mininterval=2.0, delay=2.0, dynamic_ncols=True
+        )
     with atomic_path(path) as tmp:
         attrs = None
         for block in blocks:
