@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -57,3 +60,38 @@ class SliceDenoiser:
         self.slices += n * depth
         out = out.reshape(x.shape)
         return out.clamp_min(self.floor) if self.floor is not None else out
+
+
+class VolumeJob(Protocol):
+    """What :func:`write_volumes` needs of a volume stage's sampling job."""
+
+    record: Mapping[str, Any]
+    prior: SliceDenoiser
+    method: Any  # stages.core.Method
+    sampling: Any  # stages.core.Sampling
+    cfg: Mapping[str, Any]
+    device: str
+
+    def case(self, volume: Any) -> Any:
+        """The store block (an ``xarray.Dataset``) of one volume."""
+
+    def attrs(self) -> dict[str, Any]:
+        """The store's attributes."""
+
+
+def write_volumes(
+    job: VolumeJob, out: Path, items: Iterable[Any], load: Callable[[Any], Any], desc: str
+) -> Path:
+    """Write ``job``'s store, one block per volume ``load(item)``, resumable from its last completed
+    volume (:func:`~diffinv.stages.core.write_resumable`), with the job's provenance."""
+    from diffinv.stages.core import resume_key, sampling_provenance, write_resumable
+
+    prov = sampling_provenance(job.record, job.prior, job.method, job.sampling, job.cfg["seed"], job.device)
+    key = resume_key(job.record, job.method.as_dict(), job.sampling, job.prior.fingerprint())
+
+    def block(item: Any) -> Any:
+        ds = job.case(load(item))
+        ds.attrs.update(job.attrs())
+        return ds
+
+    return write_resumable([functools.partial(block, i) for i in items], out, "volume", key, prov, desc)

@@ -12,7 +12,7 @@ the mean over every slice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -83,22 +83,33 @@ def evaluate_store(store: Path) -> pd.DataFrame:
             slice_evaluations=float(v["slice_evaluations"]),
             wall_time_s=float(v["wall_time_s"]),
         )
-        for recon, var in RECONSTRUCTIONS.items():
-            est = v[var].values.astype(np.float64)
-            for view, axis in VIEWS.items():
-                row = {
-                    "volume": str(volume),
-                    "task": ds.attrs["task"],
-                    "views": int(ds.attrs["views"]),
-                    "method": ds.attrs["method"],
-                    "reconstruction": recon,
-                    "view": view,
-                    **view_metrics(ref, est, axis),
-                }
-                if recon == "posterior_mean":
-                    row.update(diagnostics)
-                rows.append(row)
+        labels = {
+            "volume": str(volume),
+            "task": ds.attrs["task"],
+            "views": int(ds.attrs["views"]),
+            "method": ds.attrs["method"],
+        }
+        estimates = {recon: v[var].values.astype(np.float64) for recon, var in RECONSTRUCTIONS.items()}
+        rows += view_rows(labels, ref, estimates, diagnostics)
     return pd.DataFrame(rows)
+
+
+def view_rows(
+    labels: Mapping[str, object],
+    reference: np.ndarray,
+    estimates: Mapping[str, np.ndarray],
+    diagnostics: Mapping[str, float],
+) -> list[dict[str, object]]:
+    """One metrics row per (reconstruction, view) of a volume; the ``posterior_mean`` rows add
+    ``diagnostics``."""
+    rows = []
+    for recon, estimate in estimates.items():
+        for view, axis in VIEWS.items():
+            row = {**labels, "reconstruction": recon, "view": view, **view_metrics(reference, estimate, axis)}
+            if recon == "posterior_mean":
+                row.update(diagnostics)
+            rows.append(row)
+    return rows
 
 
 def volume_figures(store: Path, folder: Path) -> list[Path]:

@@ -10,7 +10,6 @@ assembled.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,10 +28,7 @@ from diffinv.stages.core import (
     Problem,
     Sampling,
     posterior_variables,
-    resume_key,
     sample_case,
-    sampling_provenance,
-    write_resumable,
 )
 from diffinv.stages.ct3d.volumes import (
     CTStore,
@@ -43,6 +39,7 @@ from diffinv.stages.ct3d.volumes import (
     normalised_problem_data,
     view_angles_deg,
 )
+from diffinv.stages.slices import write_volumes
 
 TV_DIMS = (1, 2, 3)  # z, y, x of a (batch, z, y, x) volume: 3D anisotropic TV
 
@@ -300,20 +297,13 @@ class Reconstruction:
         }
 
     def write(self, out: Path) -> Path:
-        """Write the store, one block per volume, resumable (:func:`~diffinv.stages.core.write_resumable`)."""
-        prov = sampling_provenance(
-            self.record, self.prior, self.method, self.sampling, self.cfg["seed"], self.device
-        )
-        key = resume_key(self.record, self.method.as_dict(), self.sampling, self.prior.fingerprint())
-
-        def block(b: Any) -> xr.Dataset:
-            ds = self.case(self.store.volume(b))
-            ds.attrs.update(self.attrs())
-            return ds
-
-        cases = [functools.partial(block, b) for b in self.store.eval_bounds]
-        return write_resumable(
-            cases, out, "volume", key, prov, f"sample ct3d {self.task.name} {self.entry['name']}"
+        """Write the store, one block per volume, resumable from its last completed volume."""
+        return write_volumes(
+            self,
+            out,
+            self.store.eval_bounds,
+            self.store.volume,
+            f"sample ct3d {self.task.name} {self.entry['name']}",
         )
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from diffinv.errors import InputError
 from diffinv.io.store import atomic_path, open_zarr
-from diffinv.stages.ct3d.evaluate import VIEWS, view_metrics
+from diffinv.stages.ct3d.evaluate import view_rows
 
 RECONSTRUCTIONS = {"posterior_mean": "mean", "zero_filled": "zero_filled", "tv": "tv"}
 
@@ -40,20 +40,13 @@ def evaluate_store(store: Path) -> pd.DataFrame:
             "wall_time_s": float(v["wall_time_s"]),
             "acquired_fraction": float(v["mask"].values.mean()),
         }
-        for recon, var in RECONSTRUCTIONS.items():
-            est = np.abs(v[var].values).astype(np.float64)
-            for view, axis in VIEWS.items():
-                row = {
-                    "volume": str(volume),
-                    "acceleration": int(ds.attrs["acceleration"]),
-                    "method": ds.attrs["method"],
-                    "reconstruction": recon,
-                    "view": view,
-                    **view_metrics(ref, est, axis),
-                }
-                if recon == "posterior_mean":
-                    row.update(diagnostics)
-                rows.append(row)
+        labels = {
+            "volume": str(volume),
+            "acceleration": int(ds.attrs["acceleration"]),
+            "method": ds.attrs["method"],
+        }
+        estimates = {r: np.abs(v[var].values).astype(np.float64) for r, var in RECONSTRUCTIONS.items()}
+        rows += view_rows(labels, ref, estimates, diagnostics)
     return pd.DataFrame(rows)
 
 

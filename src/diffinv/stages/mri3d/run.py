@@ -9,7 +9,6 @@ killed job resumes from its last completed volume (as the 3D CT stage does).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -29,13 +28,10 @@ from diffinv.stages.core import (
     Problem,
     Sampling,
     posterior_variables,
-    resume_key,
     sample_case,
-    sampling_provenance,
-    write_resumable,
 )
 from diffinv.stages.mri3d.volumes import MRIVolume, VolumeSource
-from diffinv.stages.slices import SliceDenoiser
+from diffinv.stages.slices import SliceDenoiser, write_volumes
 
 TV_DIMS = (1, 3, 4)  # z, y, x of (batch, z, channel, y, x): 3D anisotropic TV of the real and imaginary parts
 
@@ -258,20 +254,13 @@ class Reconstruction:
         }
 
     def write(self, out: Path) -> Path:
-        """Write the store, one block per volume, resumable (:func:`~diffinv.stages.core.write_resumable`)."""
-        prov = sampling_provenance(
-            self.record, self.prior, self.method, self.sampling, self.cfg["seed"], self.device
-        )
-        key = resume_key(self.record, self.method.as_dict(), self.sampling, self.prior.fingerprint())
-
-        def block(b: Any) -> xr.Dataset:
-            ds = self.case(self.source.volume(b))
-            ds.attrs.update(self.attrs())
-            return ds
-
-        cases = [functools.partial(block, b) for b in self.source.labels]
-        return write_resumable(
-            cases, out, "volume", key, prov, f"sample mri3d {self.acceleration}x {self.entry['name']}"
+        """Write the store, one block per volume, resumable from its last completed volume."""
+        return write_volumes(
+            self,
+            out,
+            self.source.labels,
+            self.source.volume,
+            f"sample mri3d {self.acceleration}x {self.entry['name']}",
         )
 
 
