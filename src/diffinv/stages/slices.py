@@ -95,3 +95,39 @@ def write_volumes(
         return ds
 
     return write_resumable([functools.partial(block, i) for i in items], out, "volume", key, prov, desc)
+
+
+def volume_diagnostics(res: Any, slices: float) -> dict[str, tuple[tuple[str, ...], Any, dict[str, str]]]:
+    """Per-volume store variables of one volume's :class:`~diffinv.stages.core.CaseSamples` (a
+    volume dim of 1): hallucination score and residual per sample, NFE, 2D network evaluations
+    (``slices`` per posterior sample) and wall time."""
+    import numpy as np
+
+    per_sample = ("volume", "sample")
+    return {
+        "hallucination_score": (
+            per_sample,
+            res.hallucination_score.numpy()[None],
+            {"long_name": "variance of x0 predictions over the final steps", "units": "normalised^2"},
+        ),
+        "relative_residual": (
+            per_sample,
+            res.relative_residual.numpy()[None],
+            {"long_name": "||y - A x|| / ||y|| (normalised units)", "units": "1"},
+        ),
+        "nfe": (
+            ("volume",),
+            np.array([res.nfe]),
+            {"long_name": "denoiser evaluations of the volume per posterior sample", "units": "1"},
+        ),
+        "slice_evaluations": (
+            ("volume",),
+            np.array([slices]),
+            {"long_name": "2D network evaluations (slices) per posterior sample", "units": "1"},
+        ),
+        "wall_time_s": (
+            ("volume",),
+            np.array([res.wall_time_s]),
+            {"long_name": "wall time of posterior sampling", "units": "s"},
+        ),
+    }

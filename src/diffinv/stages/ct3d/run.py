@@ -39,7 +39,7 @@ from diffinv.stages.ct3d.volumes import (
     normalised_problem_data,
     view_angles_deg,
 )
-from diffinv.stages.slices import write_volumes
+from diffinv.stages.slices import volume_diagnostics, write_volumes
 
 TV_DIMS = (1, 2, 3)  # z, y, x of a (batch, z, y, x) volume: 3D anisotropic TV
 
@@ -199,7 +199,6 @@ class Reconstruction:
         for name in variables:
             variables[name][2]["units"] = units
         image = ("volume", "z", "y", "x")
-        per_sample = ("volume", "sample")
         kind = self.ct["data"]["reference"]
         variables.update(
             reference=(
@@ -226,31 +225,7 @@ class Reconstruction:
                     "units": units,
                 },
             ),
-            hallucination_score=(
-                per_sample,
-                res.hallucination_score.numpy()[None],
-                {"long_name": "variance of x0 predictions over the final steps", "units": "normalised^2"},
-            ),
-            relative_residual=(
-                per_sample,
-                res.relative_residual.numpy()[None],
-                {"long_name": "||y - A x|| / ||y|| (normalised units)", "units": "1"},
-            ),
-            nfe=(
-                ("volume",),
-                np.array([res.nfe]),
-                {"long_name": "denoiser evaluations of the volume per posterior sample", "units": "1"},
-            ),
-            slice_evaluations=(
-                ("volume",),
-                np.array([slices]),
-                {"long_name": "2D network evaluations (slices) per posterior sample", "units": "1"},
-            ),
-            wall_time_s=(
-                ("volume",),
-                np.array([res.wall_time_s]),
-                {"long_name": "wall time of posterior sampling", "units": "s"},
-            ),
+            **volume_diagnostics(res, slices),
         )
         z0, z1 = volume.rows
         ny, nx = self.store.image_shape

@@ -31,7 +31,7 @@ from diffinv.stages.core import (
     sample_case,
 )
 from diffinv.stages.mri3d.volumes import MRIVolume, VolumeSource
-from diffinv.stages.slices import SliceDenoiser, write_volumes
+from diffinv.stages.slices import SliceDenoiser, volume_diagnostics, write_volumes
 
 TV_DIMS = (1, 3, 4)  # z, y, x of (batch, z, channel, y, x): 3D anisotropic TV of the real and imaginary parts
 
@@ -189,31 +189,7 @@ class Reconstruction:
                 },
             ),
             slice_in_file=(("volume", "z"), volume.slices[None], {"long_name": "slice index in the file"}),
-            hallucination_score=(
-                ("volume", "sample"),
-                res.hallucination_score.numpy()[None],
-                {"long_name": "variance of x0 predictions over the final steps", "units": "normalised^2"},
-            ),
-            relative_residual=(
-                ("volume", "sample"),
-                res.relative_residual.numpy()[None],
-                {"long_name": "||y - A x|| / ||y|| (normalised units)", "units": "1"},
-            ),
-            nfe=(
-                ("volume",),
-                np.array([res.nfe]),
-                {"long_name": "denoiser evaluations of the volume per posterior sample", "units": "1"},
-            ),
-            slice_evaluations=(
-                ("volume",),
-                np.array([slices]),
-                {"long_name": "2D network evaluations (slices) per posterior sample", "units": "1"},
-            ),
-            wall_time_s=(
-                ("volume",),
-                np.array([res.wall_time_s]),
-                {"long_name": "wall time of posterior sampling", "units": "s"},
-            ),
+            **volume_diagnostics(res, slices),
         )
         depth, ny, nx = samples.shape[2:]
         freq = lambda n: np.arange(n) - n // 2  # noqa: E731
