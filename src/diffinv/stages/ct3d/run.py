@@ -144,9 +144,12 @@ class Reconstruction:
             return float(tv["lambdas"][0]), {}
         volume = self.store.volume(self.store.bounds[0])
         reference = self.store.reference(volume, self.ct["data"]["reference"], self.filter)
-        y = volume.sinogram[None, :, self.views] / self.store.pixel_size
-        start = self.store.fbp(volume.sinogram[:, self.views], self.views, self.filter)[None]
-        best, table = select_tv_lambda(self.op, reference[None], y, tv["lambdas"], **self._tv_options(start))
+        dev = self.device
+        y = (volume.sinogram[None, :, self.views] / self.store.pixel_size).to(dev)
+        start = self.store.fbp(volume.sinogram[:, self.views], self.views, self.filter)[None].to(dev)
+        best, table = select_tv_lambda(
+            self.op, reference[None].to(dev), y, tv["lambdas"], **self._tv_options(start)
+        )
         return float(best), {f"{k:g}": float(v) for k, v in table.items()}
 
     def _tv_options(self, start: torch.Tensor) -> dict[str, Any]:
@@ -175,8 +178,8 @@ class Reconstruction:
         )
         slices = (self.prior.slices - before) / self.sampling.samples
         fbp = self.store.fbp(sino, self.views, self.filter)
-        y = sino[None] / self.store.pixel_size
-        tv = tv_admm(self.op, y, lam=self.tv_lambda, **self._tv_options(fbp[None]))[0]
+        y = (sino[None] / self.store.pixel_size).to(self.device)  # TV runs where the sampler runs
+        tv = tv_admm(self.op, y, lam=self.tv_lambda, **self._tv_options(fbp[None].to(self.device)))[0].cpu()
         reference = self.store.reference(volume, self.ct["data"]["reference"], self.filter)
         return self._block(volume, res, slices, fbp, tv, reference)
 
