@@ -12,7 +12,18 @@ per volume against depth.
 resident memory (CPU) or peak CUDA memory (out/ct3d_scale.csv). With ``--prior none`` an
 untrained network of the config's architecture stands in (timing only).
 
-Run: PYTHONPATH=src python benchmarks/ct3d.py quality|scale [--root DIR] [--threads N] ...
+``sweep``: variants of the config's ``fast`` method (``VARIANTS``: solver, η/ζ, time grid, λ, ρ,
+CG steps, ADMM iterations per step, samples; none with more NFE than ``fast``) on a tuning volume
+of the store that is not an evaluation volume (``--tune-volume``, default the first volume after
+them), against the ``--reference`` method on the same volume (run once, its figures cached in
+out/ct3d_sweep/reference.csv); then the ``--confirm`` variants (e.g. ``fast`` and the chosen one)
+on the evaluation volumes, against the reference's demo store when it holds them (else run).
+Writes PSNR per view, the gap to the reference per view, NFE and sampling wall time
+(out/ct3d_sweep/sweep.csv, keeping the rows of earlier runs that this one does not repeat, so
+``--tasks``, ``--variants`` and ``--confirm`` split a sweep into short runs; gap.png). A variant's
+``grid`` is the time grid of that method alone (``Sampling.grid``), not the section's.
+
+Run: PYTHONPATH=src python benchmarks/ct3d.py quality|scale|sweep [--root DIR] [--threads N] ...
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from _common import write_csv
 
@@ -175,6 +187,172 @@ def _one(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
         print(json.dumps(row))
 
 
+# Variants of the config's ``fast`` entry: a patch replaces ``solver`` and ``solver_options`` and
+# updates ``guidance_options``; ``grid`` is the method's own time grid. All keep its 10 steps.
+_TU_DIFFPIR: dict[str, Any] = {"grid": "time_uniform", "solver": "diffpir", "solver_options": {"zeta": 1.0}}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "fast": {},
+    "cg_steps=1": {"guidance_options": {"cg_steps": 1}},
+    "cg_steps=6": {"guidance_options": {"cg_steps": 6}},
+    "admm_iters=2": {"guidance_options": {"admm_iters": 2}},
+    "admm_iters=4": {"guidance_options": {"admm_iters": 4}},
+    "lam=0.3": {"guidance_options": {"lam": 0.3}},
+    "lam=1": {"guidance_options": {"lam": 1.0}},
+    "rho=0.3": {"guidance_options": {"rho": 0.3}},
+    "rho=3": {"guidance_options": {"rho": 3.0}},
+    "eta=0": {"solver_options": {"eta": 0.0}},
+    "eta=1": {"solver_options": {"eta": 1.0}},
+    "samples=8": {"samples": 8},
+    "dpmpp_2m": {"solver": "dpmpp_2m", "solver_options": {}},
+    "diffpir(zeta=1)": {"solver": "diffpir", "solver_options": {"zeta": 1.0}},
+    "grid=karras": {"grid": "karras"},
+    "grid=time_uniform": {"grid": "time_uniform"},
+    "grid=time_uniform,eta=1": {"grid": "time_uniform", "solver_options": {"eta": 1.0}},
+    "grid=time_uniform,diffpir(zeta=1)": _TU_DIFFPIR,
+    "grid=time_uniform,diffpir(zeta=0.7)": {**_TU_DIFFPIR, "solver_options": {"zeta": 0.7}},
+    "grid=time_uniform,diffpir(zeta=1),cg_steps=2": {**_TU_DIFFPIR, "guidance_options": {"cg_steps": 2}},
+    "grid=time_uniform,diffpir(zeta=1),cg_steps=4": {**_TU_DIFFPIR, "guidance_options": {"cg_steps": 4}},
+    "grid=time_uniform,diffpir(zeta=1),cg_steps=2,lam=0.3": {
+        **_TU_DIFFPIR,
+        "guidance_options": {"cg_steps": 2, "lam": 0.3},
+    },
+}
+
+
+def _variant(fast: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """The ``fast`` entry with ``patch`` applied (see ``VARIANTS``)."""
+    entry = {**copy.deepcopy(fast), **copy.deepcopy(patch)}
+    entry["guidance_options"] = {**fast["guidance_options"], **patch.get("guidance_options", {})}
+    return entry
+
+
+def _psnr_views(job: Any, entry: dict[str, Any], volume: Any) -> dict[str, Any]:
+    """PSNR per view of the posterior mean of ``entry`` on one volume, its NFE and sampling time."""
+    import dataclasses
+
+    from diffinv.stages.ct3d.evaluate import VIEWS, view_metrics
+
+    if entry.get("grid") is not None:
+        job.sampling = dataclasses.replace(job.sampling, grid=entry["grid"])
+    ds = job.case(volume)
+    ref, mean = ds["reference"].values[0], ds["mean"].values[0]
+    row: dict[str, Any] = {
+        f"psnr_{v}": round(view_metrics(ref, mean, ax)["psnr"], 3) for v, ax in VIEWS.items()
+    }
+    row.update(nfe=float(ds["nfe"].values[0]), samples=job.sampling.samples, grid=job.sampling.grid)
+    row["sampling_s"] = round(float(ds["wall_time_s"].values[0]), 2)
+    return row
+
+
+def _stored_reference(
+    a: argparse.Namespace, task: str, entry: dict[str, Any], label: str
+) -> dict[str, Any] | None:
+    """PSNR per view of the reference's demo store for volume ``label``, if it holds it and was
+    sampled with the config's ``entry`` (None otherwise)."""
+    from diffinv.io.store import open_zarr
+    from diffinv.stages.ct3d.evaluate import VIEWS, view_metrics
+
+    path = a.root / "results/ct3d" / a.dataset / task / entry["name"] / "posterior.zarr"
+    if not path.exists():
+        return None
+    ds = open_zarr(path)
+    (stored,) = json.loads(ds.attrs["provenance"])["config"]["ct3d"]["sampling"]["methods"]
+    if label not in ds["volume"].values or {**stored, "name": entry["name"]} != entry:
+        return None
+    v = ds.sel(volume=label).load()
+    ref, mean = v["reference"].values, v["mean"].values
+    row = {f"psnr_{view}": round(view_metrics(ref, mean, ax)["psnr"], 3) for view, ax in VIEWS.items()}
+    return {**row, "source": str(path)}
+
+
+def sweep(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
+    """Tune variants of ``fast`` against the reference on ``--tune-volume``; confirm on the
+    evaluation volumes (module docstring)."""
+    from diffinv.errors import ConfigError
+
+    cfg = copy.deepcopy(cfg)
+    tv = cfg["ct3d"]["baselines"]["tv"]
+    tv["lambdas"] = tv["lambdas"][-1:]  # the TV baseline is not compared here: skip its λ search
+    methods = {m["name"]: m for m in cfg["ct3d"]["sampling"]["methods"]}
+    fast, reference = methods["fast"], methods[a.reference]
+    unknown = [v for v in [*a.variants, *a.confirm] if v not in VARIANTS]
+    if unknown:
+        raise ConfigError(
+            f"--variants/--confirm: unknown {unknown} (fix: use names of VARIANTS in {__file__})"
+        )
+    out = a.out / "ct3d_sweep"
+    cache_path = out / "reference.csv"
+    cache, rows = _read_rows(cache_path), []
+    for task in a.tasks or [t["name"] for t in cfg["ct3d"]["tasks"]]:
+        job = _job(cfg, fast, a.store, a.prior, task, a.device)
+        evals = [job.store.bounds.index(b) for b in job.store.eval_bounds]
+        tune = a.tune_volume if a.tune_volume is not None else evals[-1] + 1
+        if tune in evals or not 0 <= tune < len(job.store.bounds):
+            raise ConfigError(
+                f"--tune-volume {tune}: evaluation volumes are {evals}, the store has "
+                f"{len(job.store.bounds)} (fix: pick another volume, e.g. a training one)"
+            )
+        plan = [(tune, "tuning", a.variants)] + [(i, "evaluation", a.confirm) for i in evals]
+        for index, role, names in [p for p in plan if p[2]]:
+            volume = job.store.volume(job.store.bounds[index])
+            key = {"task": task, "volume": volume.label, "seed": cfg["seed"], "entry": json.dumps(reference)}
+            ref = _stored_reference(a, task, reference, volume.label) if role == "evaluation" else None
+            ref = ref or next((r for r in cache if all(str(r[k]) == str(v) for k, v in key.items())), None)
+            if ref is None:
+                ref_job = _job(cfg, reference, a.store, a.prior, task, a.device)
+                ref = {**key, **_psnr_views(ref_job, reference, volume)}
+                ref["source"] = "run"
+                cache.append(ref)
+                write_csv(cache_path, cache)
+                print(json.dumps(ref), flush=True)
+            for name in names:
+                entry = _variant(fast, VARIANTS[name])
+                row = {"task": task, "role": role, "volume": volume.label, "variant": name}
+                row.update(_psnr_views(_job(cfg, entry, a.store, a.prior, task, a.device), entry, volume))
+                for view in ("axial", "coronal", "sagittal"):
+                    row[f"gap_{view}"] = round(float(ref[f"psnr_{view}"]) - row[f"psnr_{view}"], 3)
+                row["reference_source"] = ref["source"]
+                row["method"] = json.dumps(entry)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    ident = lambda r: (r["task"], r["role"], r["volume"], r["variant"])  # noqa: E731
+    ran = {ident(r) for r in rows}
+    rows = [r for r in _read_rows(out / "sweep.csv") if ident(r) not in ran] + rows  # keep earlier runs' rows
+    write_csv(out / "sweep.csv", rows)
+    _plot_gaps(rows, out / "gap.png")
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    import csv
+
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _plot_gaps(rows: list[dict[str, Any]], path: Path) -> None:
+    """Worst-view gap to the reference per variant, one panel per (task, role)."""
+    from diffinv.plots import plt
+
+    panels = sorted({(r["task"], r["role"]) for r in rows}, key=lambda p: (p[1] != "tuning", p[0]))
+    names = list(dict.fromkeys(r["variant"] for r in rows))
+    size = (6.5 * len(panels), 0.28 * len(names) + 1.5)
+    fig, axes = plt.subplots(1, len(panels), figsize=size, dpi=110, layout="constrained")
+    for ax, (task, role) in zip(np.atleast_1d(axes), panels):
+        sel = {r["variant"]: r for r in rows if r["task"] == task and r["role"] == role}
+        shown = [n for n in names if n in sel]
+        worst = [max(float(sel[n][f"gap_{v}"]) for v in ("axial", "coronal", "sagittal")) for n in shown]
+        ax.barh(range(len(shown)), worst, color=["tab:green" if w <= 0.5 else "tab:red" for w in worst])
+        ax.axvline(0.5, color="k", lw=0.8, ls="--")
+        ax.set_yticks(range(len(shown)), shown, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("worst-view PSNR gap to the reference (dB)")
+        ax.set_title(f"{task}, {role} volume")
+        ax.grid(alpha=0.3, axis="x")
+    fig.savefig(path)
+
+
 def _untrained(cfg: dict[str, Any], root: Path, size: int) -> Path:
     """A checkpoint of the config's network with random weights (timing runs only)."""
     from diffinv.diffusion.networks import build_unet, save_checkpoint, schedule_dict
@@ -199,7 +377,7 @@ def _untrained(cfg: dict[str, Any], root: Path, size: int) -> Path:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["quality", "scale", "_one"])
+    p.add_argument("mode", choices=["quality", "scale", "sweep", "_one"])
     p.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1])
     p.add_argument("--config", type=Path, default=None, help="default: ROOT/config/config.yaml")
     p.add_argument("--store", type=Path, default=None, help="default: ROOT/results/data/ct.zarr")
@@ -214,6 +392,11 @@ def main() -> None:
     p.add_argument("--depths", type=int, nargs="+", default=[8, 16, 32, 64])
     p.add_argument("--depth", type=int, default=16)
     p.add_argument("--size", type=int, default=32)
+    p.add_argument("--tune-volume", type=int, default=None, help="sweep: store volume index to tune on")
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS), help="sweep: on the tuning volume")
+    p.add_argument("--confirm", nargs="*", default=[], help="sweep: on the evaluation volumes")
+    p.add_argument("--tasks", nargs="+", default=None, help="sweep: default every task of the config")
+    p.add_argument("--dataset", default="demo", help="sweep: ROOT/results/ct3d/DATASET has the reference")
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -221,7 +404,7 @@ def main() -> None:
     a.store = a.store or a.root / "results/data/ct.zarr"
     a.prior = a.prior or a.root / "results/ct3d/demo/prior"
     cfg = load_config(a.config)
-    {"quality": quality, "scale": scale, "_one": _one}[a.mode](a, cfg)
+    {"quality": quality, "scale": scale, "sweep": sweep, "_one": _one}[a.mode](a, cfg)
 
 
 if __name__ == "__main__":

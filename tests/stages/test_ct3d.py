@@ -133,11 +133,21 @@ def test_refusals_name_the_option(store):
         CTStore(store, {**data, "image_size": 13})
 
 
-def _job(store: Path, prior: Path):
+def _job(store: Path, prior: Path, **entry: object):
     from diffinv.stages.ct3d.run import Reconstruction
 
-    cfg = verb_config(validate_config(copy.deepcopy(CONFIG)), "ct3d", "sample", "fast")
+    config = copy.deepcopy(CONFIG)
+    config["ct3d"]["sampling"]["methods"][0].update(entry)
+    cfg = verb_config(validate_config(config), "ct3d", "sample", "fast")
     return Reconstruction(argparse.Namespace(data=str(store), prior=str(prior), task="sv4"), cfg, "cpu")
+
+
+def test_a_method_entry_overrides_the_sections_steps_samples_and_grid(store, prior):
+    """Per-method steps, samples and time grid reach the sampler; unset ones come from the section."""
+    default = _job(store, prior).sampling
+    assert (default.steps, default.samples, default.grid) == (2, 2, "logsnr")
+    own = _job(store, prior, steps=3, samples=4, grid="time_uniform").sampling
+    assert (own.steps, own.samples, own.grid) == (3, 4, "time_uniform")
 
 
 def test_a_killed_job_resumes_from_its_last_completed_volume(store, prior, tmp_path, monkeypatch):
