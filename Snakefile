@@ -21,6 +21,7 @@ wildcard_constraints:
     split=r"train|eval",
     task=r"[A-Za-z0-9_]+",
     ctmethod=r"[A-Za-z0-9_]+",
+    atmethod=r"[A-Za-z0-9_]+",
 
 
 include: "workflow/rules/data.smk"
@@ -28,6 +29,7 @@ include: "workflow/rules/mri.smk"
 include: "workflow/rules/ads.smk"
 include: "workflow/rules/ct3d.smk"
 include: "workflow/rules/mri3d.smk"
+include: "workflow/rules/atmos.smk"
 
 
 rule all:

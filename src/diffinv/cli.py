@@ -119,10 +119,34 @@ def _cmd_quicklook(args: argparse.Namespace) -> None:
     print(f"wrote {func(Path(args.store), Path(args.output), **kwargs)}")
 
 
+def _cmd_fwd_evaluate(args: argparse.Namespace) -> None:
+    from diffinv.stages.fwd.evaluate import evaluate
+
+    table = evaluate(
+        [Path(s) for s in args.stores], Path(args.metrics), Path(args.figures) if args.figures else None
+    )
+    print(table.groupby("reconstruction")[["psnr", "ssim"]].mean().to_string())
+
+
 def _cmd_plugins(args: argparse.Namespace) -> None:
     from diffinv.plugins import describe_plugins
 
     print(describe_plugins())
+
+
+def _cmd_atmos_evaluate(args: argparse.Namespace) -> None:
+    from diffinv.stages.atmos.evaluate import evaluate
+
+    figures = Path(args.figures) if args.figures else None
+    table = evaluate([Path(s) for s in args.stores], Path(args.metrics), figures)
+    columns = ["method", "estimate", "channel", "rmse", "crps", "spread_skill"]
+    print(table[table.scope == "field"][columns].to_string(index=False))
+
+
+def _cmd_atmos_summarise(args: argparse.Namespace) -> None:
+    from diffinv.stages.atmos.evaluate import summarise
+
+    print(f"wrote {args.output} ({len(summarise([Path(m) for m in args.metrics], Path(args.output)))} rows)")
 
 
 def _version() -> str:
@@ -197,6 +221,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins = verbs.add_parser("plugins", help="list installed solvers, guidance and search methods")
     plugins.set_defaults(func=_cmd_plugins)
+
+    fwd = verbs.add_parser("fwd-evaluate", help="metrics CSV and figures of fwd stores (demo truth)")
+    fwd.add_argument("stores", nargs="+", help="posterior.zarr stores written by 'diffinv sample fwd'")
+    fwd.add_argument("--metrics", required=True, help="output CSV: PSNR/SSIM per volume and reconstruction")
+    fwd.add_argument("--figures", help="output folder of PNGs, three orthogonal views per volume")
+    fwd.set_defaults(func=_cmd_fwd_evaluate)
+
+    atmos = verbs.add_parser("atmos-evaluate", help="metrics CSVs and figures of atmos stores")
+    atmos.add_argument("stores", nargs="+", help="posterior.zarr stores written by 'diffinv sample atmos'")
+    atmos.add_argument("--metrics", required=True, help="output metrics CSV (more tables beside it)")
+    atmos.add_argument("--figures", help="output folder of maps, rank histograms, spread-skill and spectra")
+    atmos.set_defaults(func=_cmd_atmos_evaluate)
+    summary = verbs.add_parser("atmos-summarise", help="the atmos metrics of every method in one CSV")
+    summary.add_argument("metrics", nargs="+", help="metrics CSVs written by 'diffinv atmos-evaluate'")
+    summary.add_argument("-o", "--output", required=True, help="output summary CSV")
+    summary.set_defaults(func=_cmd_atmos_summarise)
 
     from diffinv import tasks_cli
 

@@ -69,14 +69,17 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
 
 def _check_network(cfg: dict[str, Any], source: str) -> None:
     """Group normalisation needs every width of the prior's UNet divisible by ``norm_groups``."""
-    for stage in ("mri", "ct3d"):
-        net = cfg.get(stage, {}).get("prior", {}).get("network")
-        if not net:
+    nets = {
+        f"{s}.prior.network": cfg.get(s, {}).get("prior", {}).get("network") for s in ("mri", "ct3d", "atmos")
+    }
+    nets["fwd.network"] = cfg.get("fwd", {}).get("network")
+    for where, net in nets.items():
+        if not net or "norm_groups" not in net:
             continue
         bad = [w for w in net["widths"] if w % net["norm_groups"]]
         if bad:
             raise ConfigError(
-                f"{source}: {stage}.prior.network.widths: {bad} not divisible by norm_groups "
+                f"{source}: {where}.widths: {bad} not divisible by norm_groups "
                 f"{net['norm_groups']} (fix: use multiples of norm_groups as widths, or lower norm_groups)"
             )
 
@@ -87,8 +90,13 @@ def _check_methods(cfg: dict[str, Any], source: str) -> None:
     entries = [(f"mri.sampling.methods[{i}]", m) for i, m in enumerate(methods)]
     ct3d = [(f"ct3d.sampling.methods[{i}]", m) for i, m in enumerate(cfg["ct3d"]["sampling"]["methods"])]
     mri3d = [(f"mri3d.sampling.methods[{i}]", m) for i, m in enumerate(cfg["mri3d"]["sampling"]["methods"])]
+    atmos_methods = cfg.get("atmos", {}).get("sampling", {}).get("methods", [])
+    atmos = [(f"atmos.sampling.methods[{i}]", m) for i, m in enumerate(atmos_methods)]
+    others = [("ads.method", cfg["ads"]["method"])]
+    if cfg.get("fwd", {}).get("sampling", {}).get("method"):
+        others.append(("fwd.sampling.method", cfg["fwd"]["sampling"]["method"]))
     try:
-        for where, method in entries + ct3d + mri3d + [("ads.method", cfg["ads"]["method"])]:
+        for where, method in entries + ct3d + mri3d + atmos + others:
             for kind in (k for k in GROUPS if method.get(k)):
                 check_options(kind, method[kind], method.get(f"{kind}_options", {}), where)
     except ConfigError as exc:
@@ -104,6 +112,7 @@ def _check_methods(cfg: dict[str, Any], source: str) -> None:
         first[name] = where
     _check_unique(ct3d, "name", source)
     _check_unique(mri3d, "name", source)
+    _check_unique(atmos, "name", source)
     _check_unique([(f"ct3d.tasks[{i}]", t) for i, t in enumerate(cfg["ct3d"]["tasks"])], "name", source)
     for i, task in enumerate(cfg["ct3d"]["tasks"]):
         if "views" not in task and "wedge" not in task:

@@ -121,6 +121,16 @@ def ct3d_prior():
     return CT3D["prior"]["checkpoint"] or f"results/ct3d/{CT3D_DATASET}/prior"
 
 
+ATMOS = config["atmos"]
+ATMOS_DATASET = ATMOS["dataset"]
+ATMOS_METHODS = [m["name"] for m in ATMOS["sampling"]["methods"]]
+
+
+def atmos_prior():
+    """The fine-field prior: the configured checkpoint, or the one the pipeline trains."""
+    return ATMOS["prior"]["checkpoint"] or f"results/atmos/{ATMOS_DATASET}/prior"
+
+
 MRI3D = config["mri3d"]
 MRI3D_METHODS = [m["name"] for m in MRI3D["sampling"]["methods"]]
 MRI3D_ACCELERATIONS = MRI3D["sampling"]["accelerations"]
@@ -169,6 +179,15 @@ def all_outputs():
             acc=MRI3D_ACCELERATIONS,
             m3method=MRI3D_METHODS,
         )
+    if ATMOS["enabled"]:
+        out.append(f"results/atmos/{ATMOS_DATASET}/summary.csv")
+        out += [f"results/atmos/{ATMOS_DATASET}/{m}/figures" for m in ATMOS_METHODS]
+        if not ATMOS["prior"]["checkpoint"]:
+            out.append(f"results/atmos/{ATMOS_DATASET}/prior/loss.png")
+    if config["fwd"]["enabled"]:
+        out += [
+            f"results/fwd/{CT3D_DATASET}/{name}" for name in ("metrics.csv", "figures")
+        ]
     out += [
         f"results/data/{kind}{source}.{ext}"
         for source in ("era5", "igra", "ct")

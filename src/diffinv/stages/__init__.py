@@ -23,7 +23,13 @@ from typing import Any
 
 from diffinv.errors import ConfigError
 
-BUILTIN = ("diffinv.stages.mri", "diffinv.stages.ads", "diffinv.stages.ct3d", "diffinv.stages.mri3d")
+BUILTIN = (
+    "diffinv.stages.mri",
+    "diffinv.stages.ads",
+    "diffinv.stages.ct3d",
+    "diffinv.stages.mri3d",
+    "diffinv.stages.atmos",
+)
 
 
 @dataclass(frozen=True)
