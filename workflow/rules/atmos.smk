@@ -58,7 +58,14 @@ rule evaluate_atmos:
         "results/atmos/{dataset}/{atmethod}/posterior.zarr",
     output:
         metrics="results/atmos/{dataset}/{atmethod}/metrics.csv",
-        figures=directory("results/atmos/{dataset}/{atmethod}/figures"),
+        figures=report(
+            directory("results/atmos/{dataset}/{atmethod}/figures"),
+            patterns=["{name}.png"],
+            caption="../report/atmos_figure.rst",
+            category="Atmosphere",
+            subcategory="Figures",
+            labels={"method": "{atmethod}", "figure": "{name}"},
+        ),
     log:
         "logs/atmos/{dataset}/{atmethod}/evaluate.log",
     conda:
@@ -74,10 +81,37 @@ rule summarise_atmos:
             "results/atmos/{{dataset}}/{atmethod}/metrics.csv", atmethod=ATMOS_METHODS
         ),
     output:
-        "results/atmos/{dataset}/summary.csv",
+        report(
+            "results/atmos/{dataset}/summary.csv",
+            caption="../report/atmos_summary.rst",
+            category="Atmosphere",
+            subcategory="Summary",
+            labels={"table": "metrics per method and channel (CSV)"},
+        ),
     log:
         "logs/atmos/{dataset}/summarise.log",
     conda:
         "../../envs/cpu.yaml"
     shell:
         "python -m diffinv atmos-summarise {input} -o {output} > {log} 2>&1"
+
+
+rule atmos_table:
+    input:
+        "results/atmos/{dataset}/summary.csv",
+    output:
+        report(
+            "results/atmos/{dataset}/summary.html",
+            caption="../report/atmos_summary.rst",
+            category="Atmosphere",
+            subcategory="Summary",
+            labels={"table": "metrics per method and channel"},
+        ),
+    log:
+        "logs/atmos/{dataset}/summary_table.log",
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        title="Atmosphere {dataset}: RMSE, CRPS, spread-skill and coverage per method, channel and estimate",
+    shell:
+        "python -m diffinv report-table {input} -o {output} --title {params.title:q} > {log} 2>&1"

@@ -180,7 +180,9 @@ def all_outputs():
             m3method=MRI3D_METHODS,
         )
     if ATMOS["enabled"]:
-        out.append(f"results/atmos/{ATMOS_DATASET}/summary.csv")
+        out += [
+            f"results/atmos/{ATMOS_DATASET}/summary.{ext}" for ext in ("csv", "html")
+        ]
         out += [f"results/atmos/{ATMOS_DATASET}/{m}/figures" for m in ATMOS_METHODS]
         if not ATMOS["prior"]["checkpoint"]:
             out.append(f"results/atmos/{ATMOS_DATASET}/prior/loss.png")
