@@ -30,6 +30,7 @@ include: "workflow/rules/ads.smk"
 include: "workflow/rules/ct3d.smk"
 include: "workflow/rules/mri3d.smk"
 include: "workflow/rules/atmos.smk"
+include: "workflow/rules/fwd.smk"
 
 
 rule all:

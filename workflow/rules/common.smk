@@ -187,9 +187,8 @@ def all_outputs():
         if not ATMOS["prior"]["checkpoint"]:
             out.append(f"results/atmos/{ATMOS_DATASET}/prior/loss.png")
     if config["fwd"]["enabled"]:
-        out += [
-            f"results/fwd/{CT3D_DATASET}/{name}" for name in ("metrics.csv", "figures")
-        ]
+        fwd = f"results/fwd/{config['fwd']['dataset']}"
+        out += [f"{fwd}/metrics.csv", f"{fwd}/figures", f"{fwd}/model/loss.png"]
     out += [
         f"results/data/{kind}{source}.{ext}"
         for source in ("era5", "igra", "ct")

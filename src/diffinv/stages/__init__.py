@@ -29,6 +29,7 @@ BUILTIN = (
     "diffinv.stages.ct3d",
     "diffinv.stages.mri3d",
     "diffinv.stages.atmos",
+    "diffinv.stages.fwd",
 )
 
 
