@@ -10,6 +10,7 @@ rule ads_mri:
         directory("results/ads/{dataset}/{acc}x/ads.zarr"),
     log:
         "logs/ads/{dataset}/{acc}x/ads.log",
+    priority: 50
     conda:
         GPU_ENV
     threads: config["threads"]

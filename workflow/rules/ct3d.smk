@@ -16,6 +16,7 @@ rule train_prior_ct3d:
         ),
     log:
         "logs/ct3d/{dataset}/train_prior.log",
+    priority: 100
     conda:
         GPU_ENV
     threads: config["threads"]
@@ -38,6 +39,7 @@ rule sample_ct3d:
         directory("results/ct3d/{dataset}/{task}/{ctmethod}/posterior.zarr"),
     log:
         "logs/ct3d/{dataset}/{task}/{ctmethod}/sample.log",
+    priority: 40
     conda:
         GPU_ENV
     threads: config["threads"]

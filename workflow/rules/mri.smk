@@ -47,6 +47,7 @@ rule train_prior_mri:
         ),
     log:
         "logs/mri/{dataset}/train_prior.log",
+    priority: 100
     conda:
         GPU_ENV
     threads: config["threads"]
