@@ -62,6 +62,7 @@ rule demo_ct:
         directory("resources/demo/ct"),
     log:
         "logs/data/demo_ct.log",
+    priority: 100  # the priors wait on it
     conda:
         "../../envs/cpu.yaml"
     params:
@@ -110,6 +111,7 @@ rule ingest_ct:
         directory("results/data/ct.zarr"),
     log:
         "logs/data/ingest_ct.log",
+    priority: 100  # the priors wait on it
     conda:
         "../../envs/cpu.yaml"
     params:

@@ -7,6 +7,7 @@ rule demo_mri:
         val=directory("resources/demo/mri/val"),
     log:
         "logs/demo_mri.log",
+    priority: 100  # the priors wait on it
     conda:
         "../../envs/cpu.yaml"
     params:
@@ -24,6 +25,7 @@ rule ingest_mri:
         directory("results/mri/{dataset}/data/{split}.zarr"),
     log:
         "logs/mri/{dataset}/ingest_{split}.log",
+    priority: 100  # the priors wait on it
     conda:
         "../../envs/cpu.yaml"
     params:
