@@ -163,6 +163,43 @@ def test_ct3d_stage_writes_volumes_with_baselines_metrics_and_figures(run):
     assert (run / "results/ct3d/tiny/summary.html").stat().st_size > 0
 
 
+def test_atmos_stage_writes_ensembles_baselines_metrics_and_figures(run):
+    """Demo ERA5 store: t at 850 and 500 hPa, 2 evaluation times, 2 members, two methods."""
+    import numpy as np
+
+    for method, modalities in (("sda", "coarse,stations"), ("coarse_only", "coarse")):
+        ds = open_zarr(run / f"results/atmos/tiny/{method}/posterior.zarr")
+        assert ds["t"].dims == ("time", "member", "level", "latitude", "longitude")
+        assert ds.sizes["time"] == 2 and ds.sizes["member"] == 2 and list(ds["level"].values) == [850, 500]
+        np.testing.assert_allclose(ds["t_mean"].values, ds["t"].values.mean(1), rtol=1e-5)
+        assert ds["t"].attrs["units"] == ds["t_truth"].attrs["units"] and ds.attrs["modalities"] == modalities
+        assert int(ds["held_out"].sum()) == 2 and ds.sizes["station"] == 6
+        assert get_provenance(ds)["config"]["atmos"]["sampling"]["steps"] == 2
+        assert len(list((run / f"results/atmos/tiny/{method}/figures").glob("*maps.png"))) == 2
+    summary = pd.read_csv(run / "results/atmos/tiny/summary.csv")
+    field = summary[summary["scope"] == "field"]
+    assert set(field["method"]) == {"sda", "coarse_only"}
+    assert set(field["estimate"]) == {"posterior", "bicubic", "conservative"}
+    assert field["rmse"].notna().all() and (field["rmse"] > 0).all()
+    assert (run / "results/atmos/tiny/summary.html").stat().st_size > 0
+
+
+def test_fwd_stage_samples_slices_from_a_model_trained_on_projections(run):
+    """Tiny CT store: the model trains on the sinograms of 2 volumes, the third is sampled."""
+    import numpy as np
+
+    ct = open_zarr(run / "results/data/ct.zarr")
+    ds = open_zarr(run / "results/fwd/tiny/posterior.zarr")
+    assert ds["samples"].dims == ("volume", "sample", "z", "y", "x") and ds.sizes["sample"] == 2
+    np.testing.assert_array_equal(ds["reference"].values[0], ct["truth"].values[8:12])
+    np.testing.assert_allclose(ds["mean"].values, ds["samples"].values.mean(1), rtol=1e-5, atol=1e-7)
+    assert len(ds.attrs["context_views"]) == 4 and float(ds["nfe"].values[0]) > 0
+    assert get_provenance(ds)["config"]["fwd"]["sampling"]["steps"] == 3
+    metrics = pd.read_csv(run / "results/fwd/tiny/metrics.csv")
+    assert set(metrics["reconstruction"]) >= {"posterior_mean", "fbp"} and metrics["psnr"].notna().all()
+    assert (run / "results/fwd/tiny/model/loss.png").stat().st_size > 0
+
+
 def _scheduled(out: str) -> set[str]:
     """Rule names in the job-stats table of a dry run."""
     table = out.split("Job stats:", 1)[1] if "Job stats:" in out else ""
@@ -236,6 +273,16 @@ UPSTREAM = {
             {"sample_mri", "all"},
             UPSTREAM | {"train_prior_mri", "ads_mri"},
         ),
+        (
+            {"atmos": {"sampling": {"steps": 3}}},
+            {"sample_atmos", "evaluate_atmos", "summarise_atmos", "all"},
+            UPSTREAM | {"train_prior_atmos", "train_prior_mri", "sample_ct3d", "train_fwd", "sample_fwd"},
+        ),
+        (
+            {"fwd": {"sampling": {"steps": 4}}},
+            {"sample_fwd", "evaluate_fwd", "all"},
+            UPSTREAM | {"train_fwd", "train_prior_ct3d", "sample_ct3d", "train_prior_atmos", "sample_atmos"},
+        ),
     ],
     ids=[
         "sampling-key",
@@ -245,6 +292,8 @@ UPSTREAM = {
         "ct3d-sampling-key",
         "ct3d-prior-key",
         "one-method",
+        "atmos-sampling-key",
+        "fwd-sampling-key",
     ],
 )
 def test_an_edit_reruns_only_the_jobs_it_affects(run, tmp_path, edit, reruns, spared):

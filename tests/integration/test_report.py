@@ -217,9 +217,12 @@ def test_categories_and_quicklooks(browser, report):
     browser.open(report.as_uri())
     browser.eval(HELPERS)
     cats = browser.eval("Object.keys(categories).sort()")
-    assert cats == ["ADS", "CT 3D", "Data", "MRI", "Prior"], cats
-    assert browser.eval("Object.keys(categories['Prior']).sort()") == ["CT 3D", "MRI"]
+    assert cats == ["ADS", "Atmosphere", "CT 3D", "Data", "Forward models", "MRI", "Prior"], cats
+    priors = ["Atmosphere", "CT 3D", "Forward models", "MRI"]
+    assert browser.eval("Object.keys(categories['Prior']).sort()") == priors
     assert browser.eval("Object.keys(categories['CT 3D']).sort()") == ["Summary", "Volumes"]
+    assert browser.eval("Object.keys(categories['Atmosphere']).sort()") == ["Figures", "Summary"]
+    assert browser.eval("Object.keys(categories['Forward models']).sort()") == ["Volumes"]
     assert browser.eval("Object.keys(categories['Data']).sort()") == ["CT", "ERA5", "IGRA"]
     mri = {"Summary", "Reconstructions 4x", "Calibration"}  # calibration: tiny.yaml's mri.calibration
     assert set(browser.eval("Object.keys(categories['MRI'])")) == mri
