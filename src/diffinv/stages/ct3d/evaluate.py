@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 from skimage.metrics import structural_similarity
 
 from diffinv.errors import InputError
@@ -114,28 +115,24 @@ def view_rows(
 
 def volume_figures(store: Path, folder: Path) -> list[Path]:
     """A PNG per volume: central axial, coronal and sagittal slices of every reconstruction, error and std."""
-    from diffinv.stages.ct3d.figures import plot_orthogonal_views
+    from diffinv.stages.ct3d.figures import volume_figures_of
 
-    ds = open_zarr(store)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, volume in enumerate(ds["volume"].values):
-        v = ds.isel(volume=i).load()
-        panels = {
-            "reference" if ds.attrs["reference"] == "truth" else "dense FBP": v["reference"].values,
+    def panels(v: xr.Dataset) -> dict[str, np.ndarray]:
+        reference = "reference" if v.attrs["reference"] == "truth" else "dense FBP"
+        return {
+            reference: v["reference"].values,
             "FBP": v["fbp"].values,
             "TV": v["tv"].values,
             "posterior mean": v["mean"].values,
         }
-        title = (
-            f"{volume}  {ds.attrs['task']} ({ds.attrs['views']} views)  {ds.attrs['method']}  "
+
+    def title(ds: xr.Dataset, v: xr.Dataset) -> str:
+        return (
+            f"{v['volume'].values}  {ds.attrs['task']} ({ds.attrs['views']} views)  {ds.attrs['method']}  "
             f"({v.sizes['sample']} samples)"
         )
-        units = str(v["mean"].attrs.get("units", ""))
-        paths.append(
-            plot_orthogonal_views(panels, v["std"].values, units, title, folder / f"volume{i:03d}.png")
-        )
-    return paths
+
+    return volume_figures_of(store, folder, panels, title)
 
 
 def evaluate(stores: Sequence[Path], metrics_csv: Path, figures: Path | None = None) -> pd.DataFrame:

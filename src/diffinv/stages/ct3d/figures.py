@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import xarray as xr
 
 from diffinv.plotstyle import ERROR_CMAP, PANEL_TITLE_SIZE, plt
 
@@ -68,3 +70,27 @@ def plot_orthogonal_views(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def volume_figures_of(
+    store: Path,
+    folder: Path,
+    panels: Callable[[xr.Dataset], dict[str, np.ndarray]],
+    title: Callable[[xr.Dataset, xr.Dataset], str],
+    units: str | None = None,
+    quantity: str = "attenuation",
+) -> list[Path]:
+    """``volume###.png`` per volume of a stage store (dims ``volume, [sample,] z, y, x`` with ``std``):
+    :func:`plot_orthogonal_views` of ``panels(volume)``, titled ``title(store, volume)``; units from
+    the mean's attribute unless given."""
+    from diffinv.io.store import open_zarr
+
+    ds = open_zarr(store)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(ds.sizes["volume"]):
+        v = ds.isel(volume=i).load()
+        unit = units if units is not None else str(v["mean"].attrs.get("units", ""))
+        path = folder / f"volume{i:03d}.png"
+        paths.append(plot_orthogonal_views(panels(v), v["std"].values, unit, title(ds, v), path, quantity))
+    return paths

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 
 from diffinv.errors import InputError
 from diffinv.io.store import open_zarr
@@ -76,24 +77,20 @@ def evaluate_store(store: Path) -> pd.DataFrame:
 
 def volume_figures(store: Path, folder: Path) -> list[Path]:
     """A PNG per volume: central orthogonal slices of reference, FBP, posterior mean, error and std."""
-    from diffinv.stages.ct3d.figures import plot_orthogonal_views
+    from diffinv.stages.ct3d.figures import volume_figures_of
 
-    ds = open_zarr(store)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, volume in enumerate(ds["volume"].values):
-        v = ds.isel(volume=i).load()
-        panels = {
+    def panels(v: xr.Dataset) -> dict[str, np.ndarray]:
+        return {
             str(v["reference"].attrs.get("long_name", "reference")): v["reference"].values,
             "FBP (context views)": v["fbp"].values,
             "posterior mean": v["mean"].values,
         }
-        title = f"{volume}  fwd, {len(ds.attrs['context_views'])} context views ({v.sizes['sample']} samples)"
-        units = str(v["mean"].attrs.get("units", ""))
-        paths.append(
-            plot_orthogonal_views(panels, v["std"].values, units, title, folder / f"volume{i:03d}.png")
-        )
-    return paths
+
+    def title(ds: xr.Dataset, v: xr.Dataset) -> str:
+        views = len(ds.attrs["context_views"])
+        return f"{v['volume'].values}  fwd, {views} context views ({v.sizes['sample']} samples)"
+
+    return volume_figures_of(store, folder, panels, title)
 
 
 def evaluate(stores: Sequence[Path], metrics_csv: Path, figures: Path | None = None) -> pd.DataFrame:

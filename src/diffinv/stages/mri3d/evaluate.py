@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 
 from diffinv.errors import InputError
 from diffinv.io.store import atomic_path, open_zarr
@@ -52,28 +53,18 @@ def evaluate_store(store: Path) -> pd.DataFrame:
 
 def volume_figures(store: Path, folder: Path) -> list[Path]:
     """A PNG per volume: central axial, coronal and sagittal magnitude slices, error and std."""
-    from diffinv.stages.ct3d.figures import plot_orthogonal_views
+    from diffinv.stages.ct3d.figures import volume_figures_of
 
-    ds = open_zarr(store)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, volume in enumerate(ds["volume"].values):
-        v = ds.isel(volume=i).load()
-        panels = {
-            name: np.abs(v[var].values)
-            for name, var in (
-                ("reference", "truth"),
-                ("zero-filled", "zero_filled"),
-                ("TV", "tv"),
-                ("posterior mean", "mean"),
-            )
-        }
-        title = f"{volume}  {ds.attrs['acceleration']}x  {ds.attrs['method']}  ({v.sizes['sample']} samples)"
-        path = folder / f"volume{i:03d}.png"
-        paths.append(
-            plot_orthogonal_views(panels, v["std"].values, "a.u.", title, path, quantity="magnitude")
-        )
-    return paths
+    names = (("reference", "truth"), ("zero-filled", "zero_filled"), ("TV", "tv"), ("posterior mean", "mean"))
+
+    def panels(v: xr.Dataset) -> dict[str, np.ndarray]:
+        return {name: np.abs(v[var].values) for name, var in names}
+
+    def title(ds: xr.Dataset, v: xr.Dataset) -> str:
+        method, samples = ds.attrs["method"], v.sizes["sample"]
+        return f"{v['volume'].values}  {ds.attrs['acceleration']}x  {method}  ({samples} samples)"
+
+    return volume_figures_of(store, folder, panels, title, units="a.u.", quantity="magnitude")
 
 
 def evaluate(stores: Sequence[Path], metrics_csv: Path, figures: Path | None = None) -> pd.DataFrame:
