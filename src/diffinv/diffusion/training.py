@@ -134,6 +134,31 @@ def train_prior(
     return NetworkDenoiser(ema.eval(), schedule, train.prediction, clip)
 
 
+def gradient_step(
+    loss: Tensor,
+    net: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    ema: torch.optim.swa_utils.AveragedModel,
+    step: int,
+    what: str,
+    fix: str,
+) -> float:
+    """One update of a network trained with an EMA copy: backward, gradient norm clipped at 1,
+    optimiser and learning-rate steps, EMA update. Returns the loss value; a non-finite one
+    stops training with a one-line error naming ``what`` and the ``fix``."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    ema.update_parameters(net)
+    value = loss.item()
+    if not math.isfinite(value):
+        raise DiffinvError(f"{what} training stopped at step {step}: loss {value} (fix: {fix})")
+    return value
+
+
 def write_loss_curve(out: Path, log: list[tuple[int, float, float]]) -> None:
     """``loss.csv`` (step, loss, smoothed) and ``loss.png``."""
     with open(out / "loss.csv", "w", newline="") as f:

@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from diffinv.diffusion.networks import WEIGHTS, build_unet, checkpoint_config, save_checkpoint
-from diffinv.diffusion.training import write_loss_curve
-from diffinv.errors import ConfigError, DiffinvError, InputError, check_range
+from diffinv.diffusion.training import gradient_step, write_loss_curve
+from diffinv.errors import ConfigError, InputError, check_range
 from diffinv.solvers.base import PerSampleNoise
 from diffinv.stages.atmos.data import crop, pad_fields, padding
 
@@ -204,17 +204,7 @@ def train_resshift(
         mean, var = marginal(schedule, x0, y, t)
         x_t = mean + var.sqrt() * torch.randn(x0.shape, generator=gen).to(device)
         loss = (net(x_t, y, t.to(device)) - x0).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        cosine.step()
-        ema.update_parameters(net)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise DiffinvError(
-                f"resshift training stopped at step {step}: loss {value} (fix: lower lr={lr:g})"
-            )
+        value = gradient_step(loss, net, opt, cosine, ema, step, "resshift", f"lower lr={lr:g}")
         running = value if math.isnan(running) else 0.98 * running + 0.02 * value
         if step % 10 == 0 or step == steps - 1:
             log.append((step, value, running))

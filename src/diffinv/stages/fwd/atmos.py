@@ -23,7 +23,6 @@ plug-in through :func:`~diffinv.stages.core.sample_case`, and the output is S at
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -35,7 +34,8 @@ from torch import Tensor
 from diffinv.diffusion.denoisers import content_hash
 from diffinv.diffusion.networks import build_unet
 from diffinv.diffusion.schedule import VPSchedule
-from diffinv.errors import ConfigError, DiffinvError
+from diffinv.diffusion.training import gradient_step
+from diffinv.errors import ConfigError
 from diffinv.operators.atmos import CoarseGrain, StationOperator
 from diffinv.stages.atmos.data import crop, pad_fields, padding
 from diffinv.stages.atmos.run import bicubic
@@ -239,15 +239,7 @@ def train_fwd_atmos(
         ctx_img = torch.cat([upsampled[idx], splat(sites, y, ctx)], 1) * keep
         signal = model.signal(ctx_img, splat(sites, noisy, trgt), t.float())
         loss = atmos_loss(signal, grid, sites, obs.coarse[idx], y, trgt, ctx, plan)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        ema.update_parameters(net)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise DiffinvError(f"fwd atmos training stopped at step {step}: loss {value} (fix: lower lr)")
+        value = gradient_step(loss, net, opt, sched, ema, step, "fwd atmos", "lower lr")
         running = value if running is None else 0.98 * running + 0.02 * value
         if step % train.log_every == 0 or step == train.steps - 1:
             log.append((step, value, running))

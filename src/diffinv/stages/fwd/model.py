@@ -39,8 +39,8 @@ from tqdm import tqdm
 from diffinv.diffusion.denoisers import content_hash
 from diffinv.diffusion.networks import build_unet, checkpoint_config, load_denoiser, save_checkpoint
 from diffinv.diffusion.schedule import VPSchedule
-from diffinv.diffusion.training import write_loss_curve
-from diffinv.errors import ConfigError, DiffinvError, InputError
+from diffinv.diffusion.training import gradient_step, write_loss_curve
+from diffinv.errors import ConfigError, InputError
 from diffinv.operators.ct import FilterName, angular_weights, fbp
 from diffinv.stages.core import CaseSeeds
 from diffinv.stages.ct3d.volumes import Normalisation
@@ -286,15 +286,7 @@ def train_fwd(
         trgt_img = geometry.image(noisy, geometry.view_weights(trgt))
         signal = net(ctx_img.to(device), trgt_img.to(device), t.float().to(device))
         loss = observation_loss(geometry.render(signal.cpu()), o, trgt, ctx, plan.context_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        ema.update_parameters(net)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise DiffinvError(f"fwd training stopped at step {step}: loss {value} (fix: lower fwd.train.lr)")
+        value = gradient_step(loss, net, opt, sched, ema, step, "fwd", "lower fwd.train.lr")
         running = value if running is None else 0.98 * running + 0.02 * value
         if step % train.log_every == 0 or step == train.steps - 1:
             log.append((step, value, running))
