@@ -34,11 +34,11 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="output posterior.zarr")
     p.add_argument(
         "--cases",
-        nargs=2,
+        nargs="+",
         type=int,
-        metavar=("START", "STOP"),
-        help="sample the store's slices START..STOP-1 instead of the first mri.data.cases (calibration "
-        "slices: refused where they overlap the evaluation slices)",
+        metavar="START STOP [STEP]",
+        help="sample the store's slices range(START, STOP, STEP) instead of mri.data.cases (calibration "
+        "slices: refused where they share a slice with the evaluation slices)",
     )
 
 

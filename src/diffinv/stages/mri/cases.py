@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from diffinv.complex import complex_to_channels
-from diffinv.errors import InputError
+from diffinv.errors import ConfigError, InputError
 from diffinv.io.store import open_zarr
 from diffinv.operators.mri import MRIOperator, center_mask, estimate_sensitivities, ifft2c, sampling_mask
 from diffinv.stages.core import CaseSeeds, Problem
@@ -113,6 +113,25 @@ class CaseSource:
             cases += prepare_cases(kspace[pos], acquired[pos], [labels[i] for i in pos], low)
         order = {label: i for i, label in enumerate(labels)}
         return sorted(cases, key=lambda c: order[c.label])
+
+
+def slice_indices(spec: int | Sequence[int] | None, total: int, key: str, store: Path) -> range:
+    """Store positions selected by a config ``key`` out of ``total`` slices of ``store``.
+
+    ``None``: all; ``N``: the first N (all when fewer); ``[start, stop]`` or
+    ``[start, stop, step]``: Python's ``range``, refused unless non-empty and within the store.
+    """
+    if spec is None:
+        return range(total)
+    if isinstance(spec, int):
+        return range(min(spec, total))
+    start, stop, step = (*spec, 1, 1)[:3] if len(spec) in (2, 3) else (0, 0, 0)
+    if len(spec) not in (2, 3) or step < 1 or not 0 <= start < stop <= total:
+        raise ConfigError(
+            f"{key}: {list(spec)} is not a non-empty [start, stop(, step)] slice range within the "
+            f"{total} slices of {store} (fix: e.g. [0, {total}, 2])"
+        )
+    return range(start, stop, step)
 
 
 def load_cases(

@@ -32,6 +32,7 @@ from diffinv.stages.mri.cases import (
     baselines,
     case_mask,
     case_problem,
+    slice_indices,
     training_images,
 )
 from diffinv.stages.mri.cs import LambdaChoice, choose_lambda, cs_long_name, cs_reconstruction
@@ -273,11 +274,10 @@ def sample(args: argparse.Namespace, cfg: dict[str, Any], device: str) -> None:
 
     mri = cfg["mri"]
     (entry,) = mri["sampling"]["methods"]
-    block = mri["sampling"]["case_block"]
     if getattr(args, "cases", None):
-        cases = calibration_cases(Path(args.data), mri, *args.cases)
+        cases = calibration_cases(Path(args.data), mri, args.cases)
     else:
-        cases = CaseSource(Path(args.data), mri["data"]["center_fraction"], mri["data"]["cases"], chunk=block)
+        cases = evaluation_cases(Path(args.data), mri)
     prior = load_prior(Path(args.prior), cases.grid, Path(args.data), device)
     record = {
         "step": "sample mri",
@@ -317,42 +317,48 @@ def sample(args: argparse.Namespace, cfg: dict[str, Any], device: str) -> None:
     print(f"wrote {args.output} ({len(cases)} cases)")
 
 
-class CaseRange:
-    """Slices ``start``..``stop``-1 of a :class:`CaseSource`, read lazily a chunk at a time."""
+class CaseSelection:
+    """The slices at store positions ``indices`` of a :class:`CaseSource`, read a chunk at a time."""
 
-    def __init__(self, source: CaseSource, start: int, stop: int) -> None:
-        self.source, self.start, self.stop = source, start, stop
+    def __init__(self, source: CaseSource, indices: range) -> None:
+        self.source, self.indices = source, indices
         self.grid = source.grid
 
     def __len__(self) -> int:
-        return self.stop - self.start
+        return len(self.indices)
 
     def __iter__(self) -> Iterator[MRICase]:
         chunk = self.source.chunk
-        for first in range(self.start, self.stop, chunk):
-            yield from self.source.take(range(first, min(self.stop, first + chunk)))
+        for first in range(0, len(self.indices), chunk):
+            yield from self.source.take(self.indices[first : first + chunk])
 
 
-def calibration_cases(data: Path, mri: dict[str, Any], start: int, stop: int) -> CaseRange:
-    """Slices ``start``..``stop``-1 of ``data``, refused unless disjoint from the evaluation slices.
+def _slices_of(data: Path, mri: dict[str, Any]) -> CaseSource:
+    return CaseSource(data, mri["data"]["center_fraction"], None, chunk=mri["sampling"]["case_block"])
 
-    The evaluation slices are the first ``mri.data.cases`` (all when null), so calibration
-    slices must start at or after that count and end within the store.
-    """
-    source = CaseSource(data, mri["data"]["center_fraction"], None, chunk=mri["sampling"]["case_block"])
-    total, evaluated = len(source), mri["data"]["cases"]
-    if evaluated is None or start < evaluated:
+
+def evaluation_cases(data: Path, mri: dict[str, Any]) -> CaseSelection:
+    """The evaluation slices of ``data``: ``mri.data.cases`` (see :func:`slice_indices`)."""
+    source = _slices_of(data, mri)
+    return CaseSelection(source, slice_indices(mri["data"]["cases"], len(source), "mri.data.cases", data))
+
+
+def calibration_cases(data: Path, mri: dict[str, Any], spec: Sequence[int]) -> CaseSelection:
+    """The calibration slices ``spec`` = [start, stop(, step)] of ``data``, refused unless
+    disjoint from the evaluation slices (``mri.data.cases``)."""
+    source = _slices_of(data, mri)
+    total = len(source)
+    indices = slice_indices(list(spec), total, "mri.calibration.cases", data)
+    evaluated = slice_indices(mri["data"]["cases"], total, "mri.data.cases", data)
+    shared = sorted(set(indices) & set(evaluated))
+    if shared:
         raise ConfigError(
-            f"mri.calibration.cases: [{start}, {stop}] overlaps the evaluation slices "
-            f"0..{(evaluated or total) - 1} of {data} (fix: calibrate on slices from "
-            f"{evaluated or total} on, and set mri.data.cases so that some are left)"
+            f"mri.calibration.cases: {list(spec)} shares {len(shared)} slice(s) of {data} (e.g. "
+            f"{shared[0]}) with the evaluation slices mri.data.cases = {mri['data']['cases']} "
+            "(fix: choose disjoint slices, e.g. mri.data.cases: [0, N, 2] and "
+            "mri.calibration.cases: [1, N, 2])"
         )
-    if not start < stop <= total:
-        raise ConfigError(
-            f"mri.calibration.cases: [{start}, {stop}] is not a non-empty range within the "
-            f"{total} slices of {data} (fix: e.g. [{evaluated}, {total}])"
-        )
-    return CaseRange(source, start, stop)
+    return CaseSelection(source, indices)
 
 
 def calibrate(args: argparse.Namespace, cfg: dict[str, Any], device: str) -> None:
