@@ -18,9 +18,10 @@ channels) and inside each image's own object support (std of the magnitude, supp
 ``ideal90`` is the coverage of the central 90 % interval of M exchangeable draws from the
 true posterior (Monte Carlo): the target a perfect sampler reaches with that many samples.
 Aim (issue 15): object coverage 85-95 % at <= 2x the NFE of the best-PSNR method, PSNR within
-0.5 dB of it (column ``aim``). Writes benchmarks/out/dispersion.csv (and dispersion_prior.csv).
+0.5 dB of it (column ``aim``). Writes benchmarks/out/dispersion.csv (``--out``) and, beside it,
+dispersion_prior.csv.
 Run: PYTHONPATH=src python benchmarks/dispersion.py --root DIR [--cases 4] [--samples 16]
-    [--accelerations 4 8] [--only LABEL ...] [--out CSV] [--threads 1]
+    [--accelerations 4 8] [--only LABEL ...] [--out CSV] [--threads 1] [--prior CHECKPOINT]
 """
 
 from __future__ import annotations
@@ -152,16 +153,18 @@ def main() -> None:
     parser.add_argument("--accelerations", type=int, nargs="+", default=None, help="default: the config's")
     parser.add_argument("--only", nargs="+", default=None, help="only these row labels (and 'prior')")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--prior", type=Path, default=None, help="checkpoint folder (default: the demo's)")
     parser.add_argument("--out", type=Path, default=OUT / "dispersion.csv", help="the methods' table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config or args.root / "config/config.yaml")
     mri = cfg["mri"]
     base = args.root / f"results/mri/{mri['dataset']}"
-    if not (base / "prior/model.safetensors").exists():
-        print(f"no prior under {base}/prior: run `make demo` first")
+    checkpoint = args.prior or base / "prior"
+    if not (checkpoint / "model.safetensors").exists():
+        print(f"no prior under {checkpoint}: run `make demo` first")
         return
-    prior = load_denoiser(base / "prior", "cpu")
+    prior = load_denoiser(checkpoint, "cpu")
     fraction = mri["data"]["center_fraction"]
     cases = load_cases(base / "data/eval.zarr", fraction, args.cases)
     ideal = ideal_coverage(args.samples)
@@ -236,7 +239,7 @@ def main() -> None:
             f"{s['support_fraction']:.3f} ± {s['support_fraction_std']:.3f}",
             flush=True,
         )
-    write_csv(OUT / "dispersion_prior.csv", stats)
+    write_csv(args.out.with_name(args.out.stem + "_prior.csv"), stats)
 
 
 if __name__ == "__main__":

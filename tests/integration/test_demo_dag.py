@@ -374,6 +374,38 @@ def test_uncertainty_notebook_runs_headless_on_the_dag_output(run):
     assert shown == pytest.approx(row["calibration_lambda"], rel=5e-3)
 
 
+def test_atmos_notebook_shows_the_stage_numbers_on_the_dag_output(run):
+    """notebooks/atmos_ensemble.ipynb runs headless; its RMSE by distance to the nearest station is
+    the stage's metrics_distance.csv, with and without stations."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(ROOT / "notebooks/atmos_ensemble.ipynb", as_version=4)
+    os.environ["DIFFINV_ATMOS_RUN"] = str(run / "results/atmos/tiny")
+    try:
+        NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+        ).execute()
+    finally:
+        del os.environ["DIFFINV_ATMOS_RUN"]
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    rows = re.findall(
+        r"^\s*(with stations|coarse only)\s+(t\d+)\s+([\d.]+)\s+([\d.inf]+)\s+(\d+)\s+([\d.na]+)", text, re.M
+    )
+    assert len(rows) == 2 * 2 * 4, text[-3000:]  # ensembles x channels x distance bins
+    for name, method in (("with stations", "sda"), ("coarse only", "coarse_only")):
+        table = pd.read_csv(run / f"results/atmos/tiny/{method}/metrics_distance.csv")
+        table = table[table["estimate"] == "posterior"]
+        for ensemble, channel, lower, _, points, rmse in rows:
+            if ensemble != name:
+                continue
+            expected = table[(table["channel"] == channel) & (table["lower_km"] == float(lower))].iloc[0]
+            assert int(points) == expected["count"]
+            if expected["count"]:
+                assert float(rmse) == pytest.approx(expected["rmse"], abs=6e-5)  # printed to 4 decimals
+    assert re.search(r"t850 within 50 km: spread [\d.na]+ with stations, [\d.na]+ without", text)
+
+
 def test_bad_config_stops_the_workflow_with_the_key_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("mri:\n  sampling:\n    stepz: 3\n")
