@@ -13,7 +13,9 @@ resident memory (CPU) or peak CUDA memory (out/ct3d_scale.csv). With ``--prior n
 untrained network of the config's architecture stands in (timing only).
 
 ``sweep``: variants of the config's ``fast`` method (``VARIANTS``: solver, η/ζ, time grid, λ, ρ,
-CG steps, ADMM iterations per step, samples; none with more NFE than ``fast``) on a tuning volume
+CG steps, ADMM iterations per step, samples; none with more NFE than ``fast``; a variant with a
+``method`` patches that method instead, e.g. ``slicewise(cg=3)``, ``mbir(cg=2,lam=2,rho=10)``), each
+as run for the task (its ``ct3d.tasks[].methods`` overrides merged first), on a tuning volume
 of the store that is not an evaluation volume (``--tune-volume``, default the first volume after
 them), against the ``--reference`` method on the same volume (run once, its figures cached in
 out/ct3d_sweep/reference.csv); then the ``--confirm`` variants (e.g. ``fast`` and the chosen one)
@@ -53,9 +55,19 @@ def _job(cfg: dict[str, Any], entry: dict[str, Any], store: Path, prior: Path, t
 
     cfg = copy.deepcopy(cfg)
     cfg["ct3d"]["sampling"]["methods"] = [entry]
+    for t in cfg["ct3d"]["tasks"]:  # ``entry`` is already the task's (``_entry``)
+        t.pop("methods", None)
     job_cfg = verb_config(cfg, "ct3d", "sample", entry["name"])
     args = argparse.Namespace(data=str(store), prior=str(prior), task=task)
     return Reconstruction(args, job_cfg, device)
+
+
+def _entry(cfg: dict[str, Any], task: str, name: str) -> dict[str, Any]:
+    """Method ``name`` of the config as run for ``task`` (its ``ct3d.tasks[].methods`` overrides merged)."""
+    from diffinv.stages.ct3d import task_method
+
+    (entry,) = [t for t in cfg["ct3d"]["tasks"] if t["name"] == task]
+    return task_method(entry, next(m for m in cfg["ct3d"]["sampling"]["methods"] if m["name"] == name))
 
 
 def quality(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
@@ -69,7 +81,7 @@ def quality(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
         for method in methods:
             steps_list = a.reference_steps if method["name"] == a.reference else a.fast_steps
             for steps in steps_list:
-                entry = {**copy.deepcopy(method), "steps": steps}
+                entry = {**_entry(cfg, task, method["name"]), "steps": steps}
                 job = _job(cfg, entry, a.store, a.prior, task, a.device)
                 for bounds in job.store.eval_bounds:
                     start = time.perf_counter()
@@ -163,10 +175,10 @@ def _one(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
         cfg["ct3d"]["data"].update(reference="truth", train_on="truth")
         cfg["ct3d"]["baselines"]["tv"]["lambdas"] = [0.1]
         prior = a.prior if str(a.prior) != "none" else _untrained(cfg, root, a.size)
-        fast = next(m for m in cfg["ct3d"]["sampling"]["methods"] if m["name"] == "fast")
-        entry = {**copy.deepcopy(fast), "samples": 1}
+        task = cfg["ct3d"]["tasks"][0]["name"]
+        entry = {**_entry(cfg, task, "fast"), "samples": 1}
         cfg["ct3d"]["sampling"]["batch_size"] = 1
-        job = _job(cfg, entry, root / "ct.zarr", prior, cfg["ct3d"]["tasks"][0]["name"], a.device)
+        job = _job(cfg, entry, root / "ct.zarr", prior, task, a.device)
         if a.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
@@ -219,10 +231,57 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _variant(fast: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """The ``fast`` entry with ``patch`` applied (see ``VARIANTS``)."""
-    entry = {**copy.deepcopy(fast), **copy.deepcopy(patch)}
-    entry["guidance_options"] = {**fast["guidance_options"], **patch.get("guidance_options", {})}
+def _dc(method: str = "fast", dims: list[int] | None = None, **options: float) -> dict[str, Any]:
+    """A patch of ``method``'s data consistency: ``cg_steps``, ``lam``, ``rho`` (and ``dims``)."""
+    opts = {"cg_steps" if k == "cg" else k: v for k, v in options.items()}
+    return {"method": method, "guidance_options": opts | ({"dims": dims} if dims else {})}
+
+
+# Per-task data consistency (the wedge against sparse views): options set explicitly, so a row
+# means the same whatever the config's ``ct3d.tasks[].methods`` overrides; ``method`` picks the base.
+VARIANTS.update(
+    {
+        f"{m}(cg={cg},lam={lam:g},rho={rho:g})": _dc(m, cg=cg, lam=lam, rho=rho)
+        for m, cg, lam, rho in [
+            ("fast", 2, 0.5, 1.0),
+            ("fast", 2, 0.5, 2.0),
+            ("fast", 2, 0.5, 10.0),
+            ("fast", 3, 0.5, 1.0),
+            ("fast", 3, 0.1, 1.0),
+            ("fast", 3, 2.0, 1.0),
+            ("fast", 3, 2.0, 3.0),
+            ("fast", 3, 1.0, 10.0),
+            ("fast", 3, 2.0, 10.0),
+            ("fast", 3, 5.0, 10.0),
+            ("fast", 3, 2.0, 30.0),
+            ("fast", 3, 2.0, 5.0),
+            ("fast", 4, 1.0, 5.0),
+            ("fast", 4, 2.0, 5.0),
+            ("fast", 4, 3.0, 5.0),
+            ("fast", 4, 2.0, 10.0),
+            ("fast", 5, 2.0, 10.0),
+            ("mbir", 1, 0.3, 1.0),
+            ("mbir", 1, 2.0, 10.0),
+            ("mbir", 2, 2.0, 10.0),
+            ("mbir", 3, 2.0, 10.0),
+        ]
+    }
+)
+VARIANTS.update({f"slicewise(cg={cg})": _dc("slicewise", cg=cg) for cg in (2, 3, 4, 5)})
+VARIANTS.update(
+    {
+        f"fast(cg=3,lam=2,rho=10,dims={','.join(map(str, d))})": _dc("fast", dims=d, cg=3, lam=2.0, rho=10.0)
+        for d in ([1], [2, 3])
+    }
+)
+
+
+def _variant(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """The ``base`` entry (the task's ``fast``, or the patch's ``method``) with ``patch`` applied
+    (see ``VARIANTS``)."""
+    patch = {k: v for k, v in copy.deepcopy(patch).items() if k != "method"}
+    entry = {**copy.deepcopy(base), **patch}
+    entry["guidance_options"] = {**base["guidance_options"], **patch.get("guidance_options", {})}
     return entry
 
 
@@ -250,14 +309,17 @@ def _stored_reference(
     """PSNR per view of the reference's demo store for volume ``label``, if it holds it and was
     sampled with the config's ``entry`` (None otherwise)."""
     from diffinv.io.store import open_zarr
+    from diffinv.stages.ct3d import task_method
     from diffinv.stages.ct3d.evaluate import VIEWS, view_metrics
 
     path = a.root / "results/ct3d" / a.dataset / task / entry["name"] / "posterior.zarr"
     if not path.exists():
         return None
     ds = open_zarr(path)
-    (stored,) = json.loads(ds.attrs["provenance"])["config"]["ct3d"]["sampling"]["methods"]
-    if label not in ds["volume"].values or {**stored, "name": entry["name"]} != entry:
+    stored_ct = json.loads(ds.attrs["provenance"])["config"]["ct3d"]
+    (stored,) = stored_ct["sampling"]["methods"]
+    (stored_task,) = [t for t in stored_ct["tasks"] if t["name"] == task]
+    if label not in ds["volume"].values or task_method(stored_task, stored) != entry:
         return None
     v = ds.sel(volume=label).load()
     ref, mean = v["reference"].values, v["mean"].values
@@ -273,8 +335,6 @@ def sweep(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
     cfg = copy.deepcopy(cfg)
     tv = cfg["ct3d"]["baselines"]["tv"]
     tv["lambdas"] = tv["lambdas"][-1:]  # the TV baseline is not compared here: skip its λ search
-    methods = {m["name"]: m for m in cfg["ct3d"]["sampling"]["methods"]}
-    fast, reference = methods["fast"], methods[a.reference]
     unknown = [v for v in [*a.variants, *a.confirm] if v not in VARIANTS]
     if unknown:
         raise ConfigError(
@@ -284,6 +344,7 @@ def sweep(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
     cache_path = out / "reference.csv"
     cache, rows = _read_rows(cache_path), []
     for task in a.tasks or [t["name"] for t in cfg["ct3d"]["tasks"]]:
+        fast, reference = _entry(cfg, task, "fast"), _entry(cfg, task, a.reference)
         job = _job(cfg, fast, a.store, a.prior, task, a.device)
         evals = [job.store.bounds.index(b) for b in job.store.eval_bounds]
         tune = a.tune_volume if a.tune_volume is not None else evals[-1] + 1
@@ -306,7 +367,8 @@ def sweep(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
                 write_csv(cache_path, cache)
                 print(json.dumps(ref), flush=True)
             for name in names:
-                entry = _variant(fast, VARIANTS[name])
+                patch = VARIANTS[name]
+                entry = _variant(_entry(cfg, task, patch["method"]) if "method" in patch else fast, patch)
                 row = {"task": task, "role": role, "volume": volume.label, "variant": name}
                 row.update(_psnr_views(_job(cfg, entry, a.store, a.prior, task, a.device), entry, volume))
                 for view in ("axial", "coronal", "sagittal"):

@@ -119,6 +119,27 @@ def _check_methods(cfg: dict[str, Any], source: str) -> None:
             raise ConfigError(
                 f"{source}: ct3d.tasks[{i}]: neither views nor wedge (fix: give views: N or wedge: DEGREES)"
             )
+    _check_ct3d_task_methods(cfg, source)
+
+
+def _check_ct3d_task_methods(cfg: dict[str, Any], source: str) -> None:
+    """Each ``ct3d.tasks[].methods`` key names a ct3d method, whose guidance takes the merged options."""
+    from diffinv.stages.ct3d import task_method
+
+    methods = {m["name"]: m for m in cfg["ct3d"]["sampling"]["methods"]}
+    for i, task in enumerate(cfg["ct3d"]["tasks"]):
+        for name in task.get("methods", {}):
+            where = f"ct3d.tasks[{i}].methods.{name}"
+            if name not in methods:
+                raise ConfigError(
+                    f"{source}: {where}: no method {name!r} in ct3d.sampling.methods "
+                    f"(fix: use one of {', '.join(methods)})"
+                )
+            entry = task_method(task, methods[name])
+            try:
+                check_options("guidance", entry["guidance"], entry["guidance_options"], where)
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {exc}") from exc
 
 
 def _check_unique(entries: list[tuple[str, dict[str, Any]]], key: str, source: str) -> None:

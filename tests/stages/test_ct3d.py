@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 from pathlib import Path
 
@@ -183,3 +184,71 @@ def test_a_killed_job_resumes_from_its_last_completed_volume(store, prior, tmp_p
     xr.testing.assert_equal(  # values and coordinates (provenance times differ)
         open_zarr(out)[["samples", "tv", "fbp"]], open_zarr(clean)[["samples", "tv", "fbp"]]
     )
+
+
+def _task_job(store: Path, prior: Path, task: str, config: dict):
+    from diffinv.stages.ct3d import keep_task
+    from diffinv.stages.ct3d.run import Reconstruction
+
+    name = config["ct3d"]["sampling"]["methods"][0]["name"]
+    cfg = verb_config(validate_config(config), "ct3d", "sample", name)
+    keep_task(cfg, task)  # as the sampling rule narrows its params
+    return Reconstruction(argparse.Namespace(data=str(store), prior=str(prior), task=task), cfg, "cpu")
+
+
+def test_a_tasks_guidance_options_override_the_methods_for_that_task_only(store, prior):
+    """la90's override {lam: 0, cg_steps: 2} turns fast's admm_tv into DDS with 2 CG steps (ADMMTV
+    docstring: λ = 0 is exactly DDS), so its samples equal a dds method's bit for bit; sv4 keeps
+    the method's own options."""
+    config = copy.deepcopy(CONFIG)
+    config["ct3d"]["tasks"][1]["methods"] = {"fast": {"guidance_options": {"lam": 0.0, "cg_steps": 2}}}
+    job = _task_job(store, prior, "la90", config)
+    assert job.method.guidance_options == {"lam": 0.0, "cg_steps": 2}
+    assert json.loads(job.attrs()["guidance_options"]) == {"lam": 0.0, "cg_steps": 2}
+    assert _task_job(store, prior, "sv4", config).method.guidance_options == {"lam": 0.1}
+
+    dds = copy.deepcopy(CONFIG)
+    dds["ct3d"]["sampling"]["methods"] = [
+        {"name": "fast", "solver": "ddim", "guidance": "dds", "guidance_options": {"cg_steps": 2}}
+    ]
+    volume = job.store.volume(job.store.eval_bounds[0])
+    got = job.case(volume)["samples"].values
+    want = _task_job(store, prior, "la90", dds).case(volume)["samples"].values
+    np.testing.assert_array_equal(got, want)
+
+
+def test_task_overrides_reach_only_the_jobs_of_their_task_and_method():
+    """A sampling job's params hold its own task and only its own method's override."""
+    from diffinv.stages.ct3d import keep_task
+
+    config = copy.deepcopy(CONFIG)
+    config["ct3d"]["sampling"]["methods"].append({"name": "slicewise", "solver": "ddim", "guidance": "dds"})
+    config["ct3d"]["tasks"][1]["methods"] = {
+        "fast": {"guidance_options": {"lam": 2.0}},
+        "slicewise": {"guidance_options": {"cg_steps": 3}},
+    }
+    cfg = validate_config(config)
+    fast = verb_config(cfg, "ct3d", "sample", "fast")
+    keep_task(fast, "la90")
+    assert fast["ct3d"]["tasks"] == [
+        {"name": "la90", "wedge": 90, "start": 0, "methods": {"fast": {"guidance_options": {"lam": 2.0}}}}
+    ]
+    sv4 = verb_config(cfg, "ct3d", "sample", "slicewise")
+    keep_task(sv4, "sv4")
+    assert sv4["ct3d"]["tasks"] == [{"name": "sv4", "views": 4, "start": 0}]
+
+
+@pytest.mark.parametrize(
+    "methods,message",
+    [
+        ({"slow": {"guidance_options": {"lam": 1.0}}}, r"ct3d\.tasks\[1\]\.methods\.slow: no method 'slow'"),
+        ({"fast": {"guidance_options": {"lamda": 1.0}}}, r"\[1\]\.methods\.fast\.guidance_options\.lamda"),
+        ({"fast": {"guidance_options": {"lam": "big"}}}, r"guidance_options\.lam: 'big' is not of type"),
+        ({"fast": {"solver_options": {"eta": 1.0}}}, r"ct3d\.tasks\.1\.methods\.fast"),
+    ],
+)
+def test_task_overrides_are_refused_naming_the_key(methods, message):
+    config = copy.deepcopy(CONFIG)
+    config["ct3d"]["tasks"][1]["methods"] = methods
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config)

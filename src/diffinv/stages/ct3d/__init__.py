@@ -11,6 +11,7 @@ verbs: :mod:`.run`; metrics and figures: :mod:`.evaluate`.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from typing import Any
 
 from diffinv.stages import Stage, Verb, register
@@ -31,9 +32,26 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def keep_method(cfg: dict[str, Any], method: str) -> None:
-    """Keep only the method named ``method`` in ``cfg['ct3d']['sampling']['methods']``."""
+    """Keep only the method named ``method`` in ``cfg['ct3d']['sampling']['methods']`` and in the
+    tasks' per-method overrides (``ct3d.tasks[].methods``)."""
     sampling = cfg["ct3d"]["sampling"]
     sampling["methods"] = [m for m in sampling["methods"] if m["name"] == method]
+    for task in cfg["ct3d"].get("tasks", []):
+        own = {k: v for k, v in task.pop("methods", {}).items() if k == method}
+        if own:
+            task["methods"] = own
+
+
+def keep_task(cfg: dict[str, Any], task: str) -> None:
+    """Keep only the task named ``task`` in ``cfg['ct3d']['tasks']`` (a sampling job runs one)."""
+    cfg["ct3d"]["tasks"] = [t for t in cfg["ct3d"]["tasks"] if t["name"] == task]
+
+
+def task_method(task: Mapping[str, Any], method: Mapping[str, Any]) -> dict[str, Any]:
+    """The method entry ``method`` as run for ``task``: the task's ``methods.NAME.guidance_options``
+    merged over the method's ``guidance_options`` (e.g. a wedge's stronger data consistency)."""
+    own = (task.get("methods") or {}).get(method["name"], {}).get("guidance_options", {})
+    return {**method, "guidance_options": {**(method.get("guidance_options") or {}), **own}}
 
 
 STAGE = register(

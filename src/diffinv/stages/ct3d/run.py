@@ -30,6 +30,7 @@ from diffinv.stages.core import (
     posterior_variables,
     sample_case,
 )
+from diffinv.stages.ct3d import task_method
 from diffinv.stages.ct3d.volumes import (
     CTStore,
     Normalisation,
@@ -101,12 +102,13 @@ def load_prior(folder: Path, image_shape: tuple[int, int], device: str) -> tuple
     return load_denoiser(folder, device), Normalisation(norm["offset"], norm["scale"])
 
 
-def _task(ct: Mapping[str, Any], name: str) -> Task:
+def _task(ct: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    """The ``ct3d.tasks`` entry named ``name``."""
     found = [t for t in ct["tasks"] if t["name"] == name]
     if not found:
         names = ", ".join(t["name"] for t in ct["tasks"])
         raise ConfigError(f"--task {name!r} is not in ct3d.tasks (fix: use one of {names})")
-    return Task.from_config(found[0])
+    return found[0]
 
 
 class Reconstruction:
@@ -115,9 +117,11 @@ class Reconstruction:
     def __init__(self, args: argparse.Namespace, cfg: dict[str, Any], device: str) -> None:
         ct = cfg["ct3d"]
         self.cfg, self.ct, self.device = cfg, ct, device
+        task = _task(ct, args.task)
         (entry,) = ct["sampling"]["methods"]
+        entry = task_method(task, entry)  # the task's own guidance options over the method's
         self.entry, self.method = entry, Method.from_config(entry)
-        self.task = _task(ct, args.task)
+        self.task = Task.from_config(task)
         self.store = CTStore(Path(args.data), ct["data"])
         prior, self.norm = load_prior(Path(args.prior), self.store.image_shape, device)
         self.nonnegative = bool(ct["sampling"]["nonnegative"])
@@ -264,6 +268,7 @@ class Reconstruction:
             "task": self.task.name,
             "method": self.entry["name"],
             "method_plugins": self.method.name,
+            "guidance_options": json.dumps(self.method.guidance_options),
             "views": int(len(self.views)),
             "angles_deg": view_angles_deg(self.store.angles[self.views]),
             "voxel_size": [1.0, self.store.pixel_size, self.store.pixel_size],
