@@ -11,9 +11,17 @@ its 4x block-averaged field plus stations sampled from the truth at 12 fixed ran
     OMP_NUM_THREADS=1 python benchmarks/atmos_uk.py train      # the prior (<= 8 min, one core)
     OMP_NUM_THREADS=1 python benchmarks/atmos_uk.py tune       # guidance settings on the validation day
     OMP_NUM_THREADS=1 python benchmarks/atmos_uk.py test       # the test week: all methods + baselines
+    OMP_NUM_THREADS=1 python benchmarks/atmos_uk.py spread     # raw sampler settings' spread, validation day
+    OMP_NUM_THREADS=1 python benchmarks/atmos_uk.py calibrate  # inflation + conformal: validation -> test
+    OMP_NUM_THREADS=1 python benchmarks/atmos_uk.py diagnose   # spread diagnostics of those stores
+
+``spread`` screens :data:`SPREAD_CANDIDATES` (``--only NAME ...``, ``--stride H``) on the validation
+day into ``spread.csv``; ``calibrate`` fits the ensemble calibration of
+:mod:`diffinv.stages.atmos.calibrate` on all 24 validation-day fields and applies it to the test
+week's ``sda`` and ``coarse_only`` stores (``calibration.csv``, ``*_calibrated/``).
 
 Outputs under ``benchmarks/out/atmos_uk/``: ``prior/``, ``tune.csv``, ``<method>/posterior.zarr``,
-``metrics.csv`` (per method), ``summary.csv``, figures.
+``metrics.csv`` (per method), ``summary.csv``, ``spread.csv``, ``calibration.csv``, figures.
 """
 
 from __future__ import annotations
@@ -191,6 +199,183 @@ def tune(grib: Path) -> dict[str, Any]:
     return chosen
 
 
+def _sda(gamma: float, solver: str = "ddim", steps: int = 20, **solver_options: float) -> dict[str, Any]:
+    """An SDA-score method entry (coarse + stations)."""
+    return {
+        "name": "sda",
+        "solver": solver,
+        "solver_options": solver_options,
+        "guidance": "gaussian_score",
+        "guidance_options": {"gamma": gamma},
+        "steps": steps,
+    }
+
+
+def _mmps(
+    cg_steps: int, solver: str = "ddim", steps: int = 20, name: str = "sda", **extra: Any
+) -> dict[str, Any]:
+    """An MMPS method entry (Rozet et al. 2024: Tweedie-covariance likelihood, CG solve)."""
+    entry = {"name": name, "solver": solver, "guidance": "mmps", "guidance_options": {"cg_steps": cg_steps}}
+    return {**entry, "steps": steps, **extra}
+
+
+#: Raw sampler settings screened for ensemble spread on the validation day (issue 13): name ->
+#: (method entry, likelihood weight of both modalities; weight w acts as noise variance σ²/w).
+SPREAD_CANDIDATES: dict[str, tuple[dict[str, Any], float]] = {
+    "ddim_eta0_g0.03_s20": (_sda(0.03, eta=0.0), 1.0),
+    "ddim_eta0_g0.03_s40": (_sda(0.03, steps=40, eta=0.0), 1.0),
+    "ddim_eta0.5_g0.03_s20": (_sda(0.03, eta=0.5), 1.0),
+    "ddim_eta0.5_g0.1_s20": (_sda(0.1, eta=0.5), 1.0),
+    "ddpm_g0.03_s40": (_sda(0.03, "ddpm", 40), 1.0),
+    "ddpm_g0.1_s40": (_sda(0.1, "ddpm", 40), 1.0),
+    "diffpir_z0.3_g0.03_s20": (_sda(0.03, "diffpir", zeta=0.3), 1.0),
+    "diffpir_z1_g0.1_s20": (_sda(0.1, "diffpir", zeta=1.0), 1.0),
+    "ddim_eta0_g0.03_s20_w0.25": (_sda(0.03, eta=0.0), 0.25),
+    "ddim_eta0_g0.03_s20_w0.06": (_sda(0.03, eta=0.0), 0.0625),
+    "ddim_eta0_g0.01_s40": (_sda(0.01, steps=40, eta=0.0), 1.0),
+    "mmps_cg3_ddim_eta0_s20": (_mmps(3), 1.0),
+    "mmps_cg5_ddim_eta0_s20": (_mmps(5), 1.0),
+    "mmps_cg3_ddim_eta0_s40": (_mmps(3, steps=40), 1.0),
+    "mmps_cg3_ddim_eta0_s40_coarse": (_mmps(3, steps=40, name="coarse_only", modalities=["coarse"]), 1.0),
+    "ddim_eta0.25_g0.03_s20": (_sda(0.03, eta=0.25), 1.0),
+    "ddim_eta0.5_g0.05_s20": (_sda(0.05, eta=0.5), 1.0),
+    "ddim_eta0.5_g0.03_s40": (_sda(0.03, steps=40, eta=0.5), 1.0),
+    "mmps_cg3_ddpm_s20": (_mmps(3, "ddpm"), 1.0),
+}
+
+
+def spread(grib: Path, names: list[str], stride: int, test_week: bool = False) -> None:
+    """Raw sampler settings of :data:`SPREAD_CANDIDATES` (``names``: a subset) on the validation day
+    every ``stride`` hours; rows merged by name into ``spread.csv`` (RMSE, CRPS, spread-skill, ...).
+
+    ``test_week``: run settings already chosen on the validation day on the test week instead
+    (``spread_test.csv``, reporting only), and calibrate each on its validation store of ``stride``.
+    """
+    import pandas as pd
+
+    from diffinv.stages.atmos.calibrate import calibrate_stores
+    from diffinv.stages.atmos.evaluate import distance_table
+
+    unknown = sorted(set(names) - set(SPREAD_CANDIDATES))
+    if unknown or (test_week and not names):
+        sys.exit(f"name candidates among {sorted(SPREAD_CANDIDATES)} (unknown: {unknown})")
+    path = OUT / ("spread_test.csv" if test_week else "spread.csv")
+    rows = {}
+    if path.exists():
+        rows = {(r["name"], int(r["stride"])): r for r in pd.read_csv(path).to_dict("records")}
+    for name in names or list(SPREAD_CANDIDATES):
+        method, weight = SPREAD_CANDIDATES[name]
+        val = copy.deepcopy(ATMOS)
+        if not test_week:
+            val["data"].update(eval=VALIDATION, eval_stride=stride)
+        for modality in ("coarse", "stations"):
+            val["observations"][modality]["weight"] = weight
+        start = time.perf_counter()
+        validation = OUT / "spread" / f"{name}_stride{stride}" / "posterior.zarr"
+        store = run_method(
+            f"spread/{name}_test" if test_week else f"spread/{name}_stride{stride}", val, method, grib
+        )
+        row = {"name": name, "stride": stride, "weight": weight, **posterior_row(store)}
+        row["wall_s"] = time.perf_counter() - start
+        if test_week:
+            out = OUT / "spread" / f"{name}_test_calibrated"
+            table = calibrate_stores(validation, store, out / "posterior.zarr", out / "calibration.csv")
+            cal = table[table.ensemble == "calibrated"].iloc[0]
+            keep = ("inflation", "crps", "spread_skill", "cov90", "coverage_conformal")
+            row.update({f"calibrated_{k}": float(cal[k]) for k in keep})
+            near = distance_table(store)
+            row["rmse_within_50km"] = float(
+                near[(near.lower_km == 0) & (near.estimate == "posterior")]["rmse"].iloc[0]
+            )
+        rows[(name, stride)] = row
+        _show(row)
+        pd.DataFrame(list(rows.values())).to_csv(path, index=False)  # rows may differ in columns
+
+
+def calibration(grib: Path) -> None:
+    """Ensemble calibration (``diffinv.stages.atmos.calibrate``): spread inflation k and conformal
+    90 % intervals fitted on the validation day (every hour: 24 fields, the tuned SDA and
+    coarse-only methods), applied to the test-week stores of ``test``; raw and calibrated scores
+    printed and written to ``calibration.csv``."""
+    from diffinv.stages.atmos.calibrate import calibrate_stores
+    from diffinv.stages.atmos.evaluate import distance_table, evaluate
+
+    tuned = json.loads((OUT / "tuned.json").read_text())
+    sda = {
+        "solver": "ddim",
+        "solver_options": {"eta": tuned["eta"]},
+        "guidance": "gaussian_score",
+        "guidance_options": {"gamma": tuned["gamma"]},
+        "steps": tuned["steps"],
+    }
+    val = copy.deepcopy(ATMOS)
+    val["data"].update(eval=VALIDATION, eval_stride=1)
+    tables = []
+    for name, extra in (("sda", {}), ("coarse_only", {"modalities": ["coarse"]})):
+        test_store = OUT / name / "posterior.zarr"
+        if not test_store.exists():
+            sys.exit(f"{test_store} is missing: run 'python benchmarks/atmos_uk.py test' first")
+        cal_store = run_method(f"calibration/{name}", val, {**sda, **extra, "name": name}, grib)
+        out = OUT / f"{name}_calibrated" / "posterior.zarr"
+        table = calibrate_stores(cal_store, test_store, out, OUT / f"{name}_calibrated" / "calibration.csv")
+        near = distance_table(out)
+        near = near[(near.lower_km == 0) & (near.estimate == "posterior")].iloc[0]
+        tables.append(table.assign(run=name, rmse_within_50km=float(near["rmse"])))
+    rows = [r for t in tables for r in t.to_dict("records")]
+    write_csv(OUT / "calibration.csv", rows)
+    stores = [OUT / f"{name}_calibrated" / "posterior.zarr" for name in ("sda", "coarse_only")]
+    evaluate(stores, OUT / "metrics_calibrated.csv", OUT / "figures")
+    for r in rows:
+        print(
+            f"  {r['run']:12s} {r['ensemble']:10s} RMSE {r['rmse']:.3f} K, CRPS {r['crps']:.3f} K, "
+            f"spread-skill {r['spread_skill']:.3f}, 90 % member-interval coverage {r['cov90']:.3f}, "
+            f"conformal 90 % coverage {r['coverage_conformal']:.3f} (width {r['width_conformal']:.3f} K), "
+            f"k {r['inflation']:.3f}",
+            flush=True,
+        )
+
+
+def diagnose() -> None:
+    """Diagnostics of the spread (no sampling): the 90 % member-interval coverage of a calibrated
+    8-member Gaussian ensemble; k of the validation stores with a bootstrap over their fields; per
+    store, spread-skill without the 1 % widest pixels and spread against RMSE by spread quintile."""
+    from diffinv.stages.atmos.calibrate import inflation_factor
+    from diffinv.stages.atmos.evaluate import open_store, stacked
+    from diffinv.stages.atmos.metrics import binned_spread_skill
+    from diffinv.uncertainty import interval_coverage
+
+    rng = np.random.default_rng(0)
+    centre = rng.standard_normal(400_000)
+    members = centre + rng.standard_normal((8, centre.size))
+    cover = interval_coverage(members, centre + rng.standard_normal(centre.size), (0.9,))[0.9]
+    print(f"calibrated 8-member Gaussian ensemble: 90 % member-interval coverage {cover:.3f}")
+
+    def load(store: Path) -> tuple[np.ndarray, np.ndarray]:
+        ds = open_store(store)
+        return stacked(ds)[:, :, 0].astype(np.float64), stacked(ds, "_truth")[:, 0].astype(np.float64)
+
+    for name in ("sda", "coarse_only"):
+        m, t = load(OUT / "calibration" / name / "posterior.zarr")
+        boot = [inflation_factor(m[i], t[i], axis=1) for i in rng.integers(0, len(t), (2000, len(t)))]
+        lo, hi = np.percentile(boot, [5, 95])
+        print(
+            f"{name}: k {inflation_factor(m, t, axis=1):.3f} on {len(t)} validation fields, "
+            f"bootstrap over the fields 5-95 % {lo:.3f}-{hi:.3f}"
+        )
+    stores = {
+        "sda (validation day)": OUT / "calibration" / "sda" / "posterior.zarr",
+        "sda (test week)": OUT / "sda" / "posterior.zarr",
+        "mmps (test week)": OUT / "spread" / "mmps_cg3_ddim_eta0_s40_test" / "posterior.zarr",
+    }
+    for name, store in stores.items():
+        m, t = load(store)
+        spread, error = m.std(1, ddof=1), m.mean(1) - t
+        narrow = spread <= np.quantile(spread, 0.99)
+        ssr = np.sqrt(9 / 8 * np.mean(spread[narrow] ** 2) / np.mean(error[narrow] ** 2))
+        print(f"{name}: spread-skill without the 1 % widest pixels {ssr:.3f}; by spread quintile:")
+        print(binned_spread_skill(spread, error, bins=5, members=8).round(3).to_string(index=False))
+
+
 def summary_row(name: str, store: Path, steps: int, samples: int) -> dict[str, Any]:
     """Headline scores of one test-week store (t2m, K)."""
     from diffinv.stages.atmos.evaluate import distance_table, evaluate_store
@@ -296,16 +481,25 @@ def test(grib: Path) -> None:
 def main() -> None:
     torch.set_num_threads(1)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("phase", choices=["train", "tune", "test"])
+    p.add_argument("phase", choices=["train", "tune", "spread", "test", "calibrate", "diagnose"])
     p.add_argument("--grib", type=Path, default=GRIB)
+    p.add_argument("--only", nargs="*", default=[], help="spread: candidates to run (default: all)")
+    p.add_argument("--stride", type=int, default=6, help="spread: validation-day stride in hours")
+    p.add_argument("--test-week", action="store_true", help="spread: run chosen candidates on the test week")
     args = p.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if args.phase == "train":
         train(args.grib)
     elif args.phase == "tune":
         tune(args.grib)
-    else:
+    elif args.phase == "spread":
+        spread(args.grib, args.only, args.stride, args.test_week)
+    elif args.phase == "test":
         test(args.grib)
+    elif args.phase == "calibrate":
+        calibration(args.grib)
+    else:
+        diagnose()
 
 
 if __name__ == "__main__":

@@ -143,6 +143,16 @@ def _cmd_atmos_evaluate(args: argparse.Namespace) -> None:
     print(table[table.scope == "field"][columns].to_string(index=False))
 
 
+def _cmd_atmos_calibrate(args: argparse.Namespace) -> None:
+    from diffinv.stages.atmos.calibrate import calibrate_stores
+
+    table = calibrate_stores(
+        Path(args.calibration), Path(args.evaluation), Path(args.output), Path(args.table), args.level
+    )
+    columns = ["method", "ensemble", "channel", "rmse", "crps", "spread_skill", "cov90", "coverage_conformal"]
+    print(table[columns].to_string(index=False))
+
+
 def _cmd_atmos_summarise(args: argparse.Namespace) -> None:
     from diffinv.stages.atmos.evaluate import summarise
 
@@ -237,6 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("metrics", nargs="+", help="metrics CSVs written by 'diffinv atmos-evaluate'")
     summary.add_argument("-o", "--output", required=True, help="output summary CSV")
     summary.set_defaults(func=_cmd_atmos_summarise)
+    cal = verbs.add_parser(
+        "atmos-calibrate",
+        help="spread inflation and conformal intervals of an atmos store, fitted on another store's times",
+    )
+    cal.add_argument("--calibration", required=True, help="posterior.zarr of the calibration times")
+    cal.add_argument("--evaluation", required=True, help="posterior.zarr to calibrate (disjoint times)")
+    cal.add_argument("-o", "--output", required=True, help="output calibrated posterior.zarr")
+    cal.add_argument("--table", required=True, help="output CSV of raw and calibrated scores")
+    cal.add_argument("--level", type=float, default=0.9, help="conformal interval level (default 0.9)")
+    cal.set_defaults(func=_cmd_atmos_calibrate)
 
     from diffinv import tasks_cli
 
