@@ -301,13 +301,7 @@ def calibration(grib: Path) -> None:
     from diffinv.stages.atmos.evaluate import distance_table, evaluate
 
     tuned = json.loads((OUT / "tuned.json").read_text())
-    sda = {
-        "solver": "ddim",
-        "solver_options": {"eta": tuned["eta"]},
-        "guidance": "gaussian_score",
-        "guidance_options": {"gamma": tuned["gamma"]},
-        "steps": tuned["steps"],
-    }
+    sda = _sda(tuned["gamma"], steps=tuned["steps"], eta=tuned["eta"])
     val = copy.deepcopy(ATMOS)
     val["data"].update(eval=VALIDATION, eval_stride=1)
     tables = []
@@ -421,12 +415,7 @@ def test(grib: Path) -> None:
     from diffinv.stages.atmos.evaluate import evaluate
 
     tuned = json.loads((OUT / "tuned.json").read_text())
-    sda = {
-        "solver": "ddim",
-        "solver_options": {"eta": tuned["eta"]},
-        "guidance": "gaussian_score",
-        "guidance_options": {"gamma": tuned["gamma"]},
-    }
+    sda = _sda(tuned["gamma"], steps=tuned["steps"], eta=tuned["eta"])
     dps = {
         "solver": "ddim",
         "solver_options": {"eta": tuned["eta"]},
@@ -434,7 +423,7 @@ def test(grib: Path) -> None:
         "guidance_options": {"zeta": tuned["zeta"], "alpha_power": 1.0},
     }
     steps, members = tuned["steps"], ATMOS["sampling"]["samples"]
-    sda["steps"] = dps["steps"] = steps
+    dps["steps"] = steps
     runs = [
         ("sda", {**sda, "name": "sda"}, steps, members),
         ("coarse_only", {**sda, "name": "coarse_only", "modalities": ["coarse"]}, steps, members),

@@ -343,19 +343,26 @@ def test_user_checkpoint_skips_training(run, tmp_path):
     assert "train_prior_mri" not in out and "sample_mri" in out
 
 
-def test_uncertainty_notebook_runs_headless_on_the_dag_output(run):
+def notebook_text(name: str, variable: str, value: Path) -> str:
+    """The printed output of ``notebooks/{name}``, executed headless with ``variable=value`` set."""
     import nbformat
     from nbclient import NotebookClient
 
-    nb = nbformat.read(ROOT / "notebooks/uncertainty.ipynb", as_version=4)
-    os.environ["DIFFINV_POSTERIOR"] = str(run / "results/mri/tiny/4x/dpmpp_2m-dds/posterior.zarr")
+    nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    os.environ[variable] = str(value)
     try:
         NotebookClient(
             nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
         ).execute()
     finally:
-        del os.environ["DIFFINV_POSTERIOR"]
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+        del os.environ[variable]
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
+def test_uncertainty_notebook_runs_headless_on_the_dag_output(run):
+    text = notebook_text(
+        "uncertainty.ipynb", "DIFFINV_POSTERIOR", run / "results/mri/tiny/4x/dpmpp_2m-dds/posterior.zarr"
+    )
     assert "interval covers" in text and "RMSE / std ratio" in text
     # the notebook's coverage is the summary's (each case's intervals against its own truth)
     summary = pd.read_csv(run / "results/mri/tiny/summary.csv")
@@ -377,18 +384,7 @@ def test_uncertainty_notebook_runs_headless_on_the_dag_output(run):
 def test_atmos_notebook_shows_the_stage_numbers_on_the_dag_output(run):
     """notebooks/atmos_ensemble.ipynb runs headless; its RMSE by distance to the nearest station is
     the stage's metrics_distance.csv, with and without stations."""
-    import nbformat
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(ROOT / "notebooks/atmos_ensemble.ipynb", as_version=4)
-    os.environ["DIFFINV_ATMOS_RUN"] = str(run / "results/atmos/tiny")
-    try:
-        NotebookClient(
-            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
-        ).execute()
-    finally:
-        del os.environ["DIFFINV_ATMOS_RUN"]
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    text = notebook_text("atmos_ensemble.ipynb", "DIFFINV_ATMOS_RUN", run / "results/atmos/tiny")
     rows = re.findall(
         r"^\s*(with stations|coarse only)\s+(t\d+)\s+([\d.]+)\s+([\d.inf]+)\s+(\d+)\s+([\d.na]+)", text, re.M
     )
