@@ -38,6 +38,17 @@ def job_config(stage, verb, method=None):
     return format_settings(verb_config(config, stage, verb, method))
 
 
+def ct3d_sample_config(task, method):
+    """The sampling job's settings: job_config narrowed to its task and its method, so a task's
+    per-method overrides (ct3d.tasks[].methods) rerun only the jobs they change."""
+    from diffinv.stages.ct3d import keep_task
+    from diffinv.tasks_cli import format_settings
+
+    cfg = verb_config(config, "ct3d", "sample", method)
+    keep_task(cfg, task)
+    return format_settings(cfg)
+
+
 # Runtime setting: it does not change results, so it is a resource, not a param (params
 # changes rerun jobs).
 DEVICE = config["device"]

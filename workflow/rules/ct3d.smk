@@ -2,17 +2,6 @@
 # -> metrics per axial/coronal/sagittal view, figures and the summary.
 
 
-def ct3d_sample_config(task, method):
-    """The sampling job's settings: job_config narrowed to its task and its method, so a task's
-    per-method overrides (ct3d.tasks[].methods) rerun only the jobs they change."""
-    from diffinv.stages.ct3d import keep_task
-    from diffinv.tasks_cli import format_settings
-
-    cfg = verb_config(config, "ct3d", "sample", method)
-    keep_task(cfg, task)
-    return format_settings(cfg)
-
-
 rule train_prior_ct3d:
     input:
         "results/data/ct.zarr",
