@@ -120,6 +120,30 @@ def test_lambda_uses_only_calibration_cases(tmp_path):
         calibrate_stores(cal, cal, tmp_path / "c.zarr", tmp_path / "c.csv")
 
 
+def test_calibrate_stores_verb_on_volume_stores(tmp_path):
+    """``diffinv calibrate-stores`` on 3D CT-like stores (volume, sample, z, y, x; 'reference'): the
+    record's λ is that of :func:`calibrate` on the calibration arrays, the written bounds are
+    :meth:`Calibration.bounds` of the evaluation samples, and the samples, too narrow by half,
+    get λ ≈ 2 (y − m ≈ N(0, 1) against h ≈ 1.645 · 0.5, so the 90 % score quantile ≈ 1.645 / 0.8225)."""
+    from diffinv.cli import main
+
+    rng = np.random.default_rng(5)
+    cal_s, cal_t = too_narrow(rng, 4, 64, (4, 8, 8))
+    ev_s, ev_t = too_narrow(rng, 2, 64, (4, 8, 8))
+    cal, ev = _store(tmp_path / "cal.zarr", cal_s, cal_t, 0), _store(tmp_path / "ev.zarr", ev_s, ev_t, 4)
+    out, table = tmp_path / "bounds.zarr", tmp_path / "curve.csv"
+    argv = ["calibrate-stores", "--calibration", str(cal), "--evaluation", str(ev), "-o", str(out)]
+    assert main([*argv, "--table", str(table)]) == 0
+    rec = json.loads(open_zarr(out).attrs["calibration"])
+    expected = calibrate(cal_s.astype(np.float32), cal_t.astype(np.float32), 0.9)
+    assert rec["lam"] == pytest.approx(expected.lam, rel=1e-6) and 1.8 < rec["lam"] < 2.3
+    lo, hi = expected.bounds(ev_s.astype(np.float32))
+    np.testing.assert_allclose(open_zarr(out)["lower"].values, lo, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(open_zarr(out)["upper"].values, hi, rtol=1e-5, atol=1e-5)
+    row = pd.read_csv(table).query("primary").iloc[0]
+    assert row["coverage_raw"] < 0.7 and 0.85 < row["coverage_calibrated"] < 0.95
+
+
 def test_coverage_breakdown_on_a_constructed_image():
     """Object: a 4x4 block of 1 in an 8x8 image of 0, one corner at 0.05 (under the 10 %
     threshold: background); samples truth + k·0.01·(1+i), k = -2..2. The object is covered

@@ -153,6 +153,24 @@ def _cmd_atmos_calibrate(args: argparse.Namespace) -> None:
     print(table[columns].to_string(index=False))
 
 
+def _cmd_calibrate_stores(args: argparse.Namespace) -> None:
+    from diffinv.calibration import calibrate_stores
+
+    rec, table = calibrate_stores(
+        Path(args.calibration),
+        Path(args.evaluation),
+        Path(args.output),
+        Path(args.table),
+        Path(args.figure) if args.figure else None,
+        args.level,
+        args.score,
+    )
+    print(table.to_string(index=False))
+    print(
+        f"wrote {args.output}: lambda={rec.lam:.4g} at level {rec.level} from {rec.calibration_cases} cases"
+    )
+
+
 def _cmd_atmos_summarise(args: argparse.Namespace) -> None:
     from diffinv.stages.atmos.evaluate import summarise
 
@@ -257,6 +275,21 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--table", required=True, help="output CSV of raw and calibrated scores")
     cal.add_argument("--level", type=float, default=0.9, help="conformal interval level (default 0.9)")
     cal.set_defaults(func=_cmd_atmos_calibrate)
+    stores = verbs.add_parser(
+        "calibrate-stores",
+        help="split conformal intervals of any stage's samples store (3D CT, fwd, ...), fitted on "
+        "another store's cases",
+    )
+    stores.add_argument(
+        "--calibration", required=True, help="store of the calibration cases (samples + truth)"
+    )
+    stores.add_argument("--evaluation", required=True, help="store to calibrate (no case shared)")
+    stores.add_argument("-o", "--output", required=True, help="output store of raw and calibrated bounds")
+    stores.add_argument("--table", required=True, help="output CSV: coverage curve, raw against calibrated")
+    stores.add_argument("--figure", help="output PNG: coverage curve, rank histogram, error against std")
+    stores.add_argument("--level", type=float, default=0.9, help="nominal coverage 1 - alpha (default 0.9)")
+    stores.add_argument("--score", choices=("scaled", "cqr"), default="scaled", help="conformity score")
+    stores.set_defaults(func=_cmd_calibrate_stores)
 
     from diffinv import tasks_cli
 
