@@ -176,9 +176,22 @@ def test_atmos_stage_writes_ensembles_baselines_metrics_and_figures(run):
         assert int(ds["held_out"].sum()) == 2 and ds.sizes["station"] == 6
         assert get_provenance(ds)["config"]["atmos"]["sampling"]["steps"] == 2
         assert len(list((run / f"results/atmos/tiny/{method}/figures").glob("*maps.png"))) == 2
+    # ensemble calibration at the odd times 13 and 15 (12 and 14 are evaluated)
+    cal = open_zarr(run / "results/atmos/tiny/sda/calibration_samples.zarr")
+    ev = open_zarr(run / "results/atmos/tiny/sda/posterior.zarr")
+    assert list(cal["time"].values) == list(
+        open_zarr(run / "results/data/era5.zarr")["time"].values[[13, 15]]
+    )
+    calibrated = open_zarr(run / "results/atmos/tiny/sda_calibrated/posterior.zarr")
+    assert calibrated.attrs["method"] == "sda_calibrated" and list(calibrated["time"].values) == list(
+        ev["time"].values
+    )
+    np.testing.assert_allclose(calibrated["t"].values.mean(1), ev["t_mean"].values, rtol=1e-5, atol=1e-4)
+    table = pd.read_csv(run / "results/atmos/tiny/sda_calibrated/calibration.csv")
+    assert set(table["ensemble"]) == {"raw", "calibrated"} and (table["calibration_times"] == 2).all()
     summary = pd.read_csv(run / "results/atmos/tiny/summary.csv")
     field = summary[summary["scope"] == "field"]
-    assert set(field["method"]) == {"sda", "coarse_only"}
+    assert set(field["method"]) == {"sda", "coarse_only", "sda_calibrated"}
     assert set(field["estimate"]) == {"posterior", "bicubic", "conservative"}
     assert field["rmse"].notna().all() and (field["rmse"] > 0).all()
     assert (run / "results/atmos/tiny/summary.html").stat().st_size > 0
@@ -279,6 +292,11 @@ UPSTREAM = {
             UPSTREAM | {"train_prior_atmos", "train_prior_mri", "sample_ct3d", "train_fwd", "sample_fwd"},
         ),
         (
+            {"atmos": {"calibration": {"level": 0.8}}},
+            {"calibrate_atmos", "summarise_atmos", "all"},
+            UPSTREAM | {"train_prior_atmos", "sample_atmos", "train_prior_mri", "sample_ct3d", "sample_fwd"},
+        ),
+        (
             {"fwd": {"sampling": {"steps": 4}}},
             {"sample_fwd", "evaluate_fwd", "all"},
             UPSTREAM | {"train_fwd", "train_prior_ct3d", "sample_ct3d", "train_prior_atmos", "sample_atmos"},
@@ -293,6 +311,7 @@ UPSTREAM = {
         "ct3d-prior-key",
         "one-method",
         "atmos-sampling-key",
+        "atmos-calibration-key",
         "fwd-sampling-key",
     ],
 )

@@ -20,9 +20,10 @@ import pytest
 import xarray as xr
 
 from diffinv.cli import main
-from diffinv.errors import InputError
+from diffinv.errors import ConfigError, InputError
 from diffinv.io.store import provenance, set_provenance, write_zarr
 from diffinv.stages.atmos.calibrate import calibrate_stores, fit, inflate, inflation_factor
+from diffinv.stages.atmos.data import calibration_times
 from diffinv.uncertainty import spread_skill
 
 M = 8
@@ -163,3 +164,27 @@ def test_overlapping_or_mismatched_stores_are_refused(tmp_path: Path, capsys) ->
     with pytest.raises(InputError, match="4 members against 8"):
         calibrate_stores(tmp_path / "c4.zarr", a, tmp_path / "o.zarr", tmp_path / "o.csv")
     assert not (tmp_path / "o.zarr").exists()
+
+
+@pytest.mark.parametrize(
+    ("times", "stride", "expected"),
+    [
+        ([13, 16], 2, [13, 15]),
+        ([16, 20], 1, [16, 17, 18, 19]),
+        (["2020-01-01T16", "2020-01-01T19"], 3, [16, 19]),
+    ],
+)
+def test_calibration_times_follow_the_spans(times, stride, expected) -> None:
+    hours = np.datetime64("2020-01-01T00") + np.arange(24) * np.timedelta64(1, "h")
+    data = {"train": [0, 12], "eval": [12, 16], "eval_stride": 2}
+    assert calibration_times(hours, data, {"times": times, "stride": stride}).tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("times", "stride", "named"), [([13, 15], 1, "evaluated times"), ([10, 13], 2, "atmos.data.train")]
+)
+def test_calibration_times_sharing_a_time_are_refused(times, stride, named) -> None:
+    hours = np.datetime64("2020-01-01T00") + np.arange(24) * np.timedelta64(1, "h")
+    data = {"train": [0, 12], "eval": [12, 16], "eval_stride": 2}
+    with pytest.raises(ConfigError, match=rf"atmos\.calibration\.times: shares 1 time\(s\) with .*{named}"):
+        calibration_times(hours, data, {"times": times, "stride": stride})

@@ -135,6 +135,22 @@ def ct3d_prior():
 ATMOS = config["atmos"]
 ATMOS_DATASET = ATMOS["dataset"]
 ATMOS_METHODS = [m["name"] for m in ATMOS["sampling"]["methods"]]
+# Ensemble calibration (docs/atmos.md): one method, at held-out times of the store.
+ATMOS_CALIBRATION = ATMOS["calibration"]
+ATMOS_CALIBRATED = (
+    (ATMOS_CALIBRATION["method"] or ATMOS_METHODS[0])
+    if ATMOS_CALIBRATION["enabled"]
+    else None
+)
+if ATMOS_CALIBRATED is not None and ATMOS_CALIBRATED not in ATMOS_METHODS:
+    raise ValueError(
+        f"atmos.calibration.method: {ATMOS_CALIBRATED!r} is not one of atmos.sampling.methods "
+        f"(fix: use one of {', '.join(ATMOS_METHODS)})"
+    )
+# every atmos store evaluated: each method's, and the calibrated method's as METHOD_calibrated
+ATMOS_STORES = ATMOS_METHODS + (
+    [f"{ATMOS_CALIBRATED}_calibrated"] if ATMOS_CALIBRATED else []
+)
 
 
 def atmos_prior():
@@ -194,7 +210,7 @@ def all_outputs():
         out += [
             f"results/atmos/{ATMOS_DATASET}/summary.{ext}" for ext in ("csv", "html")
         ]
-        out += [f"results/atmos/{ATMOS_DATASET}/{m}/figures" for m in ATMOS_METHODS]
+        out += [f"results/atmos/{ATMOS_DATASET}/{m}/figures" for m in ATMOS_STORES]
         if not ATMOS["prior"]["checkpoint"]:
             out.append(f"results/atmos/{ATMOS_DATASET}/prior/loss.png")
     if config["fwd"]["enabled"]:

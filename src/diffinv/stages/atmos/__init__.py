@@ -2,8 +2,10 @@
 plus station values, with calibrated ensembles.
 
 Registers ``diffinv train atmos`` (a diffusion prior on normalised fine fields of the training
-times) and ``diffinv sample atmos`` (ensembles of one method at every evaluation time, with
-bicubic and conservative baselines of the coarse input in the same store). Data: :mod:`.data`;
+times), ``diffinv sample atmos`` (ensembles of one method at every evaluation time, with
+bicubic and conservative baselines of the coarse input in the same store) and ``diffinv
+calibrate atmos`` (the same at held-out calibration times, then :mod:`.calibrate` applied to an
+evaluation store). Data: :mod:`.data`;
 verbs: :mod:`.run`; metrics and figures: :mod:`.evaluate` (on :mod:`.metrics`, :mod:`.figures`).
 """
 
@@ -31,6 +33,13 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="output posterior.zarr")
 
 
+def _calibrate_arguments(p: argparse.ArgumentParser) -> None:
+    _sample_arguments(p)
+    p.add_argument("--evaluation", required=True, help="posterior.zarr of the same method to calibrate")
+    p.add_argument("--samples", required=True, help="output posterior.zarr of the calibration times")
+    p.add_argument("--table", required=True, help="output CSV of raw and calibrated scores per channel")
+
+
 def keep_method(cfg: dict[str, Any], method: str) -> None:
     """Keep only the method named ``method`` in ``cfg['atmos']['sampling']['methods']``."""
     sampling = cfg["atmos"]["sampling"]
@@ -54,6 +63,15 @@ STAGE = register(
                 "diffinv.stages.atmos.run:sample",
                 ("seed", "atmos.data", "atmos.observations", "atmos.sampling"),
                 _sample_arguments,
+                narrow=keep_method,
+            ),
+            "calibrate": Verb(
+                "ensembles at the atmos.calibration times; their spread inflation and conformal "
+                "intervals applied to an evaluation store",
+                "diffinv.stages.atmos.run:calibrate",
+                ("seed", "atmos.data", "atmos.observations", "atmos.sampling", "atmos.calibration"),
+                _calibrate_arguments,
+                drop=("atmos.calibration.enabled", "atmos.calibration.method"),
                 narrow=keep_method,
             ),
         },

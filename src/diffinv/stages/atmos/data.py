@@ -146,6 +146,23 @@ def split(times: np.ndarray, data: Mapping[str, Any]) -> tuple[np.ndarray, np.nd
     return train, evaluation
 
 
+def calibration_times(
+    times: np.ndarray, data: Mapping[str, Any], calibration: Mapping[str, Any]
+) -> np.ndarray:
+    """Time indices of ``atmos.calibration`` (``times``, ``stride``), refused where they share a
+    time with the training times or the evaluated ones (``atmos.data``)."""
+    idx = time_indices(times, calibration["times"], "atmos.calibration.times")[:: int(calibration["stride"])]
+    train, evaluation = split(times, data)
+    for name, other in (("atmos.data.train", train), ("the evaluated times (atmos.data.eval)", evaluation)):
+        shared = np.intersect1d(idx, other)
+        if shared.size:
+            raise ConfigError(
+                f"atmos.calibration.times: shares {shared.size} time(s) with {name}, e.g. "
+                f"{times[shared[0]]} (fix: calibrate on other times of the store)"
+            )
+    return idx
+
+
 @dataclass(frozen=True)
 class Normalisation:
     """Per-variable x_n = (x − mean) / std over the training times (all levels of a variable share them)."""

@@ -40,6 +40,7 @@ from diffinv.stages.atmos.data import (
     Normalisation,
     PaddedDenoiser,
     Soundings,
+    calibration_times,
     igra_sites,
     load_fields,
     pad_fields,
@@ -217,14 +218,20 @@ class SuperResolution:
     soundings of an IGRA store at the evaluation times (``source: igra``, ``--stations``).
     """
 
-    def __init__(self, args: argparse.Namespace, cfg: dict[str, Any], device: str) -> None:
+    def __init__(
+        self, args: argparse.Namespace, cfg: dict[str, Any], device: str, calibration: bool = False
+    ) -> None:
         at = cfg["atmos"]
         self.cfg, self.at, self.device = cfg, at, device
         (entry,) = at["sampling"]["methods"]
         self.entry, self.method = entry, Method.from_config(entry)
         self.modalities = list(entry.get("modalities") or MODALITIES)
         self.fields = load_fields(Path(args.data), at["data"])
-        _, self.eval_idx = split(self.fields.times, at["data"])
+        self.eval_idx = (
+            calibration_times(self.fields.times, at["data"], at["calibration"])
+            if calibration
+            else split(self.fields.times, at["data"])[1]
+        )
         self.prior, self.norm = load_prior(Path(args.prior), self.fields, device)
         overrides = {k: entry[k] for k in ("steps", "samples") if entry.get(k) is not None}
         self.sampling = Sampling.from_config(at["sampling"], final_dc=False, **overrides)
@@ -248,7 +255,7 @@ class SuperResolution:
             self.sites = station_sites(obs["stations"], lat, lon, cfg["seed"])
         self.all_stations = self.station_operator(np.arange(len(self.sites.latitude)))
         self.record = {
-            "step": "sample atmos",
+            "step": "calibrate atmos" if calibration else "sample atmos",
             "config": cfg,
             "data": str(args.data),
             "prior": str(args.prior),
@@ -485,3 +492,17 @@ def sample(args: argparse.Namespace, cfg: dict[str, Any], device: str) -> None:
     job = SuperResolution(args, cfg, device)
     out = job.write(Path(args.output))
     print(f"wrote {out} ({len(job.eval_idx)} times, method {job.entry['name']})")
+
+
+def calibrate(args: argparse.Namespace, cfg: dict[str, Any], device: str) -> None:
+    """``diffinv calibrate atmos``: ensembles of one method at the ``atmos.calibration`` times
+    (``--samples``), whose spread inflation and conformal intervals
+    (:func:`diffinv.stages.atmos.calibrate.calibrate_stores`) are applied to ``--evaluation``."""
+    from diffinv.stages.atmos.calibrate import calibrate_stores
+
+    job = SuperResolution(args, cfg, device, calibration=True)
+    samples = job.write(Path(args.samples))
+    level = cfg["atmos"]["calibration"]["level"]
+    table = calibrate_stores(samples, Path(args.evaluation), Path(args.output), Path(args.table), level)
+    print(table.to_string(index=False))
+    print(f"wrote {args.output} (calibrated on {len(job.eval_idx)} times of {samples})")
