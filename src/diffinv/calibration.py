@@ -274,3 +274,23 @@ def calibrate_stores(
         with atomic_path(figure) as tmp:
             plot_calibration(table, ev_s, ev_t, rec, title, Path(tmp))
     return rec, table
+
+
+def calibrate_from_arguments(args: Any, level: float, score: str) -> Calibration:
+    """The ``calibrate`` verbs: :func:`calibrate_stores` on the paths of ``args`` (``calibration``,
+    ``evaluation``, ``output``, ``table``, ``figure``); prints the coverage curve and λ."""
+    rec, table = calibrate_stores(
+        Path(args.calibration),
+        Path(args.evaluation),
+        Path(args.output),
+        Path(args.table),
+        Path(args.figure) if args.figure else None,
+        level,
+        score,
+    )
+    print(table.to_string(index=False))
+    print(
+        f"wrote {args.output}: lambda={rec.lam:.4g} at level {rec.level} from "
+        f"{rec.calibration_cases} cases ({rec.calibration_pixels} pixel channels)"
+    )
+    return rec

@@ -154,21 +154,9 @@ def _cmd_atmos_calibrate(args: argparse.Namespace) -> None:
 
 
 def _cmd_calibrate_stores(args: argparse.Namespace) -> None:
-    from diffinv.calibration import calibrate_stores
+    from diffinv.calibration import calibrate_from_arguments
 
-    rec, table = calibrate_stores(
-        Path(args.calibration),
-        Path(args.evaluation),
-        Path(args.output),
-        Path(args.table),
-        Path(args.figure) if args.figure else None,
-        args.level,
-        args.score,
-    )
-    print(table.to_string(index=False))
-    print(
-        f"wrote {args.output}: lambda={rec.lam:.4g} at level {rec.level} from {rec.calibration_cases} cases"
-    )
+    calibrate_from_arguments(args, args.level, args.score)
 
 
 def _cmd_atmos_summarise(args: argparse.Namespace) -> None:

@@ -363,20 +363,7 @@ def calibration_cases(data: Path, mri: dict[str, Any], spec: Sequence[int]) -> C
 
 def calibrate(args: argparse.Namespace, cfg: dict[str, Any], device: str) -> None:
     """``diffinv calibrate mri``: λ on the calibration store's slices, bounds of the evaluation store's."""
-    from diffinv.calibration import calibrate_stores
+    from diffinv.calibration import calibrate_from_arguments
 
     settings = cfg["mri"]["calibration"]
-    rec, table = calibrate_stores(
-        Path(args.calibration),
-        Path(args.evaluation),
-        Path(args.output),
-        Path(args.table),
-        Path(args.figure) if args.figure else None,
-        settings["level"],
-        settings["score"],
-    )
-    print(table.to_string(index=False))
-    print(
-        f"wrote {args.output}: lambda={rec.lam:.4g} at level {rec.level} from "
-        f"{rec.calibration_cases} cases ({rec.calibration_pixels} pixel channels)"
-    )
+    calibrate_from_arguments(args, settings["level"], settings["score"])
