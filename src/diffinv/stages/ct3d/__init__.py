@@ -17,7 +17,8 @@ from typing import Any
 from diffinv.stages import Stage, Verb, register
 
 
-def _train_arguments(p: argparse.ArgumentParser) -> None:
+def train_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of the verbs that train on an ingested CT projection store (ct3d, fwd)."""
     p.add_argument("--data", required=True, help="ingested CT projection store (diffinv ingest ct)")
     p.add_argument("-o", "--output", required=True, help="checkpoint folder to write")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -63,7 +64,7 @@ STAGE = register(
                 "train the 2D slice prior on the training volumes of a projection store",
                 "diffinv.stages.ct3d.run:train",
                 ("seed", "ct3d.data", "ct3d.prior"),
-                _train_arguments,
+                train_arguments,
                 drop=("ct3d.prior.checkpoint", "ct3d.data.eval_volumes", "ct3d.data.reference"),
             ),
             "sample": Verb(

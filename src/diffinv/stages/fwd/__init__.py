@@ -13,12 +13,7 @@ from __future__ import annotations
 import argparse
 
 from diffinv.stages import Stage, Verb, register
-
-
-def _train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="ingested CT projection store (diffinv ingest ct)")
-    p.add_argument("-o", "--output", required=True, help="checkpoint folder to write")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+from diffinv.stages.ct3d import train_arguments
 
 
 def _sample_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,7 +31,7 @@ STAGE = register(
                 "train the signal network on the training volumes' sinograms (observation-space loss)",
                 "diffinv.stages.fwd.run:train",
                 ("seed", "fwd.data", "fwd.network", "fwd.schedule", "fwd.train"),
-                _train_arguments,
+                train_arguments,
                 drop=("fwd.data.eval_volumes", "fwd.data.reference"),
             ),
             "sample": Verb(

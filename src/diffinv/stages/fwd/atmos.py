@@ -40,7 +40,7 @@ from diffinv.operators.atmos import CoarseGrain, StationOperator
 from diffinv.stages.atmos.data import crop, pad_fields, padding
 from diffinv.stages.atmos.run import bicubic
 from diffinv.stages.core import CaseSeeds, Method, Problem, Sampling, sample_case
-from diffinv.stages.fwd.model import FwdTrain, SignalNet, observation_loss
+from diffinv.stages.fwd.model import FwdTrain, SignalNet, guided_signal, observation_loss
 from diffinv.stages.fwd.run import TargetSpace
 
 MODEL = "fwd-atmos"
@@ -279,13 +279,7 @@ class StationDenoiser:
         img = splat(self.target, x[..., 0], torch.ones(x.shape[:2], dtype=torch.bool, device=x.device))
         ctx = self.context.to(x).expand(b, -1, -1, -1)
         tt = torch.as_tensor(t, dtype=torch.float64).expand(b).to(x)
-        if self.scale == 1.0:
-            return self.model.signal(ctx, img, tt)
-        both = self.model.signal(
-            torch.cat([ctx, torch.zeros_like(ctx)]), img.repeat(2, 1, 1, 1), tt.repeat(2)
-        )
-        cond, uncond = both.chunk(2)
-        return uncond + self.scale * (cond - uncond)
+        return guided_signal(self.model.signal, ctx, img, tt, self.scale)
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         return self.target.A(self.signal(x, t))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -145,6 +145,22 @@ class SignalNet(nn.Module):
     def forward(self, context: Tensor, target: Tensor, t: Tensor) -> Tensor:
         out = self.unet(torch.cat([context, target], 1), (1000.0 * t).to(context.dtype))
         return (out.sample if hasattr(out, "sample") else out)[:, :1]
+
+
+def guided_signal(
+    signal: Callable[[Tensor, Tensor, Tensor], Tensor],
+    context: Tensor,
+    target: Tensor,
+    t: Tensor,
+    scale: float,
+) -> Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022, Eq. 6): S_u + w (S_c − S_u), the unconditional
+    S_u with a zero context (the training dropout), in one batch; ``scale`` 1 is S_c alone."""
+    if scale == 1.0:
+        return signal(context, target, t)
+    both = signal(torch.cat([context, torch.zeros_like(context)]), target.repeat(2, 1, 1, 1), t.repeat(2))
+    cond, uncond = both.chunk(2)
+    return uncond + scale * (cond - uncond)
 
 
 def observation_loss(
@@ -360,13 +376,7 @@ class RenderedDenoiser:
         target = g.image(full, self.weights.expand(x.shape[0], -1))
         ctx = self.context.to(x).expand(x.shape[0], -1, -1, -1)
         tt = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0]).to(x)
-        if self.scale == 1.0:
-            return self.model.net(ctx, target, tt)
-        both = self.model.net(
-            torch.cat([ctx, torch.zeros_like(ctx)]), target.repeat(2, 1, 1, 1), tt.repeat(2)
-        )
-        cond, uncond = both.chunk(2)
-        return uncond + self.scale * (cond - uncond)
+        return guided_signal(self.model.net, ctx, target, tt, self.scale)
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         return self.model.geometry.render(self.signal(x, t))[:, self.views]
