@@ -46,6 +46,27 @@ def test_grids_are_decreasing_and_span_the_interval(kind, grid):
         assert torch.allclose(dl, dl.mean().expand_as(dl), rtol=1e-8)
 
 
+@pytest.mark.parametrize("grid", ["time_uniform", "logsnr", "karras"])
+def test_a_later_start_spends_every_step_below_it(grid):
+    """t_start replaces t_max as the first time; the grid's rule holds between it and t_min."""
+    s = VPSchedule()
+    g = s.grid(10, grid, t_start=0.5)
+    assert g[0] == pytest.approx(0.5, abs=1e-12) and g[-1] == pytest.approx(s.t_min, abs=1e-12)
+    assert (g[1:] < g[:-1]).all()
+    if grid == "time_uniform":
+        assert torch.allclose(torch.diff(g), torch.full((10,), (s.t_min - 0.5) / 10, dtype=g.dtype))
+    if grid == "logsnr":
+        dl = torch.diff(s.lam(g))
+        assert torch.allclose(dl, dl.mean().expand_as(dl), rtol=1e-8)
+    assert torch.equal(s.grid(10, grid, t_start=s.t_max), s.grid(10, grid))
+
+
+@pytest.mark.parametrize("t_start", [0.0, 1e-3, 0.9995, 1.5])
+def test_a_start_outside_the_schedule_is_refused(t_start):
+    with pytest.raises(ConfigError, match=r"t_start: must lie in \(0.001, 0.999\]"):
+        VPSchedule().grid(10, "logsnr", t_start=t_start)
+
+
 def test_bad_schedule_and_grid_are_clear_errors():
     with pytest.raises(ConfigError, match="schedule.kind"):
         VPSchedule("quadratic")

@@ -143,12 +143,21 @@ def _job(store: Path, prior: Path, **entry: object):
     return Reconstruction(argparse.Namespace(data=str(store), prior=str(prior), task="sv4"), cfg, "cpu")
 
 
-def test_a_method_entry_overrides_the_sections_steps_samples_and_grid(store, prior):
-    """Per-method steps, samples and time grid reach the sampler; unset ones come from the section."""
+def test_a_method_entry_overrides_the_sections_steps_samples_grid_and_start(store, prior):
+    """Per-method steps, samples, time grid and start reach the sampler; unset ones come from the section."""
     default = _job(store, prior).sampling
-    assert (default.steps, default.samples, default.grid) == (2, 2, "logsnr")
-    own = _job(store, prior, steps=3, samples=4, grid="time_uniform").sampling
-    assert (own.steps, own.samples, own.grid) == (3, 4, "time_uniform")
+    assert (default.steps, default.samples, default.grid, default.t_start) == (2, 2, "logsnr", None)
+    own = _job(store, prior, steps=3, samples=4, grid="time_uniform", t_start=0.5).sampling
+    assert (own.steps, own.samples, own.grid, own.t_start) == (3, 4, "time_uniform", 0.5)
+
+
+def test_a_tasks_start_overrides_the_methods_for_that_task_only(store, prior):
+    config = copy.deepcopy(CONFIG)
+    config["ct3d"]["sampling"]["methods"][0]["t_start"] = 0.7
+    config["ct3d"]["tasks"][1]["methods"] = {"fast": {"t_start": 0.5}}
+    job = _task_job(store, prior, "la90", config)
+    assert job.sampling.t_start == 0.5 and job.method.guidance_options == {"lam": 0.1}
+    assert _task_job(store, prior, "sv4", config).sampling.t_start == 0.7
 
 
 def test_a_killed_job_resumes_from_its_last_completed_volume(store, prior, tmp_path, monkeypatch):
@@ -245,6 +254,8 @@ def test_task_overrides_reach_only_the_jobs_of_their_task_and_method():
         ({"fast": {"guidance_options": {"lamda": 1.0}}}, r"\[1\]\.methods\.fast\.guidance_options\.lamda"),
         ({"fast": {"guidance_options": {"lam": "big"}}}, r"guidance_options\.lam: 'big' is not of type"),
         ({"fast": {"solver_options": {"eta": 1.0}}}, r"ct3d\.tasks\.1\.methods\.fast"),
+        ({"fast": {"t_start": 1.5}}, r"ct3d\.tasks\.1\.methods\.fast\.t_start"),
+        ({"fast": {}}, r"ct3d\.tasks\.1\.methods\.fast"),
     ],
 )
 def test_task_overrides_are_refused_naming_the_key(methods, message):

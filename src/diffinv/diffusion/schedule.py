@@ -79,18 +79,28 @@ class VPSchedule:
         return 2 * (1 + s) / math.pi * torch.acos(torch.exp(log_alpha + c0)) - s
 
     # -- grids ----------------------------------------------------------------------
-    def grid(self, steps: int, kind: GridKind = "logsnr", rho: float = 7.0) -> Tensor:
-        """Decreasing times t_0 = t_max > ... > t_steps = t_min (float64).
+    def grid(
+        self, steps: int, kind: GridKind = "logsnr", rho: float = 7.0, t_start: float | None = None
+    ) -> Tensor:
+        """Decreasing times t_0 = t_start (default t_max) > ... > t_steps = t_min (float64).
 
         ``time_uniform``: uniform in t; ``logsnr``: uniform in λ (DPM-Solver);
         ``karras``: uniform in σ̃^{1/ρ} with σ̃ = e^{-λ} (Karras et al. 2022, Eq. 5).
+        ``t_start`` < t_max skips the noisiest steps, spending them nearer the data
+        (Come-Closer-Diffuse-Faster, Chung, Sim & Ye 2022, Sec. 3).
         """
         if steps < 1:
             raise ConfigError(f"steps: must be >= 1, got {steps}")
+        t_hi = self.t_max if t_start is None else float(t_start)
+        if not self.t_min < t_hi <= self.t_max:
+            raise ConfigError(
+                f"t_start: must lie in ({self.t_min:g}, {self.t_max:g}], got {t_start} "
+                "(fix: a later start, e.g. 0.5, or null for the full grid)"
+            )
         u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
         if kind == "time_uniform":
-            return self.t_max + (self.t_min - self.t_max) * u
-        lam_lo, lam_hi = self.lam(self.t_max), self.lam(self.t_min)
+            return t_hi + (self.t_min - t_hi) * u
+        lam_lo, lam_hi = self.lam(t_hi), self.lam(self.t_min)
         if kind == "logsnr":
             return self.t_of_lambda(lam_lo + (lam_hi - lam_lo) * u)
         if kind == "karras":

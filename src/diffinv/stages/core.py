@@ -83,6 +83,7 @@ class Sampling:
     batch_size: int
     steps: int
     grid: str = "logsnr"
+    t_start: float | None = None  # first grid time (None: the schedule's t_max); see VPSchedule.grid
     final_dc: bool = True
     hallucination_steps: int = 5
     precision: Precision = "fp32"
@@ -96,6 +97,7 @@ class Sampling:
             "batch_size",
             "steps",
             "grid",
+            "t_start",
             "final_dc",
             "hallucination_steps",
             "precision",
@@ -402,7 +404,7 @@ class _Batch:
     def _start(self, noise: PerSampleNoise, D: Denoiser) -> tuple[Tensor, Tensor]:
         """Initial particles at the first grid time and the (prepared) grid."""
         schedule = self.counter.schedule
-        grid = schedule.grid(self.sampling.steps, self.sampling.grid)
+        grid = schedule.grid(self.sampling.steps, self.sampling.grid, t_start=self.sampling.t_start)
         x = noise.randn(self.problem.shape) * float(schedule.sigma(grid[0]))
         before = self.counter.rows
         with torch.no_grad():

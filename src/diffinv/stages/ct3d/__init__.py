@@ -50,9 +50,12 @@ def keep_task(cfg: dict[str, Any], task: str) -> None:
 
 def task_method(task: Mapping[str, Any], method: Mapping[str, Any]) -> dict[str, Any]:
     """The method entry ``method`` as run for ``task``: the task's ``methods.NAME.guidance_options``
-    merged over the method's ``guidance_options`` (e.g. a wedge's stronger data consistency)."""
-    own = (task.get("methods") or {}).get(method["name"], {}).get("guidance_options", {})
-    return {**method, "guidance_options": {**(method.get("guidance_options") or {}), **own}}
+    merged over the method's ``guidance_options`` (e.g. a wedge's stronger data consistency), and
+    the task's ``methods.NAME.t_start`` over the method's."""
+    own = (task.get("methods") or {}).get(method["name"], {})
+    options = {**(method.get("guidance_options") or {}), **own.get("guidance_options", {})}
+    timing = {k: own[k] for k in ("t_start",) if k in own}
+    return {**method, **timing, "guidance_options": options}
 
 
 STAGE = register(

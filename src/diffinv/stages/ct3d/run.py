@@ -119,7 +119,7 @@ class Reconstruction:
         self.cfg, self.ct, self.device = cfg, ct, device
         task = _task(ct, args.task)
         (entry,) = ct["sampling"]["methods"]
-        entry = task_method(task, entry)  # the task's own guidance options over the method's
+        entry = task_method(task, entry)  # the task's own options over the method's
         self.entry, self.method = entry, Method.from_config(entry)
         self.task = Task.from_config(task)
         self.store = CTStore(Path(args.data), ct["data"])
@@ -127,7 +127,7 @@ class Reconstruction:
         self.nonnegative = bool(ct["sampling"]["nonnegative"])
         floor = self.norm.to_prior(torch.zeros(())).item() if self.nonnegative else None
         self.prior = SliceDenoiser(prior, ct["sampling"]["slice_batch"], floor)
-        overrides = {k: entry[k] for k in ("steps", "samples", "grid") if entry.get(k) is not None}
+        overrides = {k: entry[k] for k in ("steps", "samples", "grid", "t_start") if entry.get(k) is not None}
         self.sampling = Sampling.from_config(ct["sampling"], **overrides)
         self.views = self.task.select(self.store.angles)
         self.op = self.store.operator(self.views)
