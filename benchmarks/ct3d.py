@@ -15,15 +15,17 @@ untrained network of the config's architecture stands in (timing only).
 ``sweep``: variants of the config's ``fast`` method (``VARIANTS``: solver, η/ζ, time grid, λ, ρ,
 CG steps, ADMM iterations per step, samples; none with more NFE than ``fast``; a variant with a
 ``method`` patches that method instead, e.g. ``slicewise(cg=3)``, ``mbir(cg=2,lam=2,rho=10)``), each
-as run for the task (its ``ct3d.tasks[].methods`` overrides merged first), on a tuning volume
-of the store that is not an evaluation volume (``--tune-volume``, default the first volume after
-them), against the ``--reference`` method on the same volume (run once, its figures cached in
+as run for the task (its ``ct3d.tasks[].methods`` overrides merged first), on tuning volumes
+of the store that are neither training nor evaluation volumes (``--tune-volume``, default the first
+volume after them; a bigger demo store gives more, e.g. ``diffinv demo-data ct --set=volumes=30``),
+against the ``--reference`` method on the same volume (run once per volume, its figures cached in
 out/ct3d_sweep/reference.csv); then the ``--confirm`` variants (e.g. ``fast`` and the chosen one)
 on the evaluation volumes, against the reference's demo store when it holds them (else run).
 Writes PSNR per view, the gap to the reference per view, NFE and sampling wall time
 (out/ct3d_sweep/sweep.csv, keeping the rows of earlier runs that this one does not repeat, so
-``--tasks``, ``--variants`` and ``--confirm`` split a sweep into short runs; gap.png). A variant's
-``grid`` is the time grid of that method alone (``Sampling.grid``), not the section's.
+``--tasks``, ``--variants`` and ``--confirm`` split a sweep into short runs), and per variant the
+gap averaged over the volumes with its standard error (summary.csv, gap.png). A variant's ``grid``
+and ``t_start`` are that method's alone (``Sampling``), not the section's.
 
 Run: PYTHONPATH=src python benchmarks/ct3d.py quality|scale|sweep [--root DIR] [--threads N] ...
 """
@@ -268,6 +270,12 @@ VARIANTS.update(
     }
 )
 VARIANTS.update({f"slicewise(cg={cg})": _dc("slicewise", cg=cg) for cg in (2, 3, 4, 5)})
+# Later grid starts (``t_start``, Sampling): the same 10 steps between t_start and t_min.
+VARIANTS.update({f"t_start={t:g}": {"t_start": t} for t in (0.7, 0.6, 0.5, 0.4)})
+VARIANTS["slicewise"] = {"method": "slicewise"}
+VARIANTS.update(
+    {f"slicewise(t_start={t:g})": {"method": "slicewise", "t_start": t} for t in (0.7, 0.6, 0.5, 0.4)}
+)
 VARIANTS.update(
     {
         f"fast(cg=3,lam=2,rho=10,dims={','.join(map(str, d))})": _dc("fast", dims=d, cg=3, lam=2.0, rho=10.0)
@@ -291,14 +299,15 @@ def _psnr_views(job: Any, entry: dict[str, Any], volume: Any) -> dict[str, Any]:
 
     from diffinv.stages.ct3d.evaluate import VIEWS, view_metrics
 
-    if entry.get("grid") is not None:
-        job.sampling = dataclasses.replace(job.sampling, grid=entry["grid"])
+    own = {k: entry[k] for k in ("grid", "t_start") if entry.get(k) is not None}
+    job.sampling = dataclasses.replace(job.sampling, **own)
     ds = job.case(volume)
     ref, mean = ds["reference"].values[0], ds["mean"].values[0]
     row: dict[str, Any] = {
         f"psnr_{v}": round(view_metrics(ref, mean, ax)["psnr"], 3) for v, ax in VIEWS.items()
     }
     row.update(nfe=float(ds["nfe"].values[0]), samples=job.sampling.samples, grid=job.sampling.grid)
+    row["t_start"] = job.sampling.t_start
     row["sampling_s"] = round(float(ds["wall_time_s"].values[0]), 2)
     return row
 
@@ -347,13 +356,15 @@ def sweep(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
         fast, reference = _entry(cfg, task, "fast"), _entry(cfg, task, a.reference)
         job = _job(cfg, fast, a.store, a.prior, task, a.device)
         evals = [job.store.bounds.index(b) for b in job.store.eval_bounds]
-        tune = a.tune_volume if a.tune_volume is not None else evals[-1] + 1
-        if tune in evals or not 0 <= tune < len(job.store.bounds):
+        tunes = a.tune_volume or [evals[-1] + 1]
+        bad = [i for i in tunes if i in evals or not job.store.train_volumes <= i < len(job.store.bounds)]
+        if bad:
             raise ConfigError(
-                f"--tune-volume {tune}: evaluation volumes are {evals}, the store has "
-                f"{len(job.store.bounds)} (fix: pick another volume, e.g. a training one)"
+                f"--tune-volume {bad}: volumes 0-{job.store.train_volumes - 1} train the prior, {evals} are "
+                f"evaluated, the store has {len(job.store.bounds)} (fix: pick other volumes, or a store with "
+                "more, e.g. diffinv demo-data ct --set=volumes=30)"
             )
-        plan = [(tune, "tuning", a.variants)] + [(i, "evaluation", a.confirm) for i in evals]
+        plan = [(i, "tuning", a.variants) for i in tunes] + [(i, "evaluation", a.confirm) for i in evals]
         for index, role, names in [p for p in plan if p[2]]:
             volume = job.store.volume(job.store.bounds[index])
             key = {"task": task, "volume": volume.label, "seed": cfg["seed"], "entry": json.dumps(reference)}
@@ -381,7 +392,28 @@ def sweep(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
     ran = {ident(r) for r in rows}
     rows = [r for r in _read_rows(out / "sweep.csv") if ident(r) not in ran] + rows  # keep earlier runs' rows
     write_csv(out / "sweep.csv", rows)
-    _plot_gaps(rows, out / "gap.png")
+    summary = _summarise(rows)
+    write_csv(out / "summary.csv", summary)
+    for r in summary:
+        print(json.dumps(r), flush=True)
+    _plot_gaps(summary, out / "gap.png")
+
+
+def _summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (task, role, variant): PSNR and gap per view averaged over the volumes, with the
+    standard error of the gap over volumes (ddof 1; empty for one volume)."""
+    out = []
+    for key in dict.fromkeys((r["task"], r["role"], r["variant"]) for r in rows):
+        sel = [r for r in rows if (r["task"], r["role"], r["variant"]) == key]
+        row: dict[str, Any] = dict(zip(("task", "role", "variant"), key)) | {"volumes": len(sel)}
+        for view in ("axial", "coronal", "sagittal"):
+            gaps = np.array([float(r[f"gap_{view}"]) for r in sel])
+            row[f"psnr_{view}"] = round(float(np.mean([float(r[f"psnr_{view}"]) for r in sel])), 3)
+            row[f"gap_{view}"] = round(float(gaps.mean()), 3)
+            se = float(gaps.std(ddof=1) / np.sqrt(len(gaps))) if len(gaps) > 1 else None
+            row[f"gap_{view}_se"] = "" if se is None else round(se, 3)
+        out.append(row)
+    return out
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
@@ -394,7 +426,7 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def _plot_gaps(rows: list[dict[str, Any]], path: Path) -> None:
-    """Worst-view gap to the reference per variant, one panel per (task, role)."""
+    """Worst-view gap to the reference per variant (mean over the volumes), one panel per (task, role)."""
     from diffinv.plots import plt
 
     panels = sorted({(r["task"], r["role"]) for r in rows}, key=lambda p: (p[1] != "tuning", p[0]))
@@ -454,8 +486,10 @@ def main() -> None:
     p.add_argument("--depths", type=int, nargs="+", default=[8, 16, 32, 64])
     p.add_argument("--depth", type=int, default=16)
     p.add_argument("--size", type=int, default=32)
-    p.add_argument("--tune-volume", type=int, default=None, help="sweep: store volume index to tune on")
-    p.add_argument("--variants", nargs="*", default=list(VARIANTS), help="sweep: on the tuning volume")
+    p.add_argument(
+        "--tune-volume", type=int, nargs="+", default=None, help="sweep: store volume indices to tune on"
+    )
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS), help="sweep: on the tuning volumes")
     p.add_argument("--confirm", nargs="*", default=[], help="sweep: on the evaluation volumes")
     p.add_argument("--tasks", nargs="+", default=None, help="sweep: default every task of the config")
     p.add_argument("--dataset", default="demo", help="sweep: ROOT/results/ct3d/DATASET has the reference")
