@@ -271,10 +271,30 @@ VARIANTS.update(
 )
 VARIANTS.update({f"slicewise(cg={cg})": _dc("slicewise", cg=cg) for cg in (2, 3, 4, 5)})
 # Later grid starts (``t_start``, Sampling): the same 10 steps between t_start and t_min.
-VARIANTS.update({f"t_start={t:g}": {"t_start": t} for t in (0.7, 0.6, 0.5, 0.4)})
-VARIANTS["slicewise"] = {"method": "slicewise"}
+STARTS = (0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
+VARIANTS.update({f"t_start={t:g}": {"t_start": t} for t in STARTS})
+# the data consistency around each task's options at a later start (t_start, cg, lam, rho)
 VARIANTS.update(
-    {f"slicewise(t_start={t:g})": {"method": "slicewise", "t_start": t} for t in (0.7, 0.6, 0.5, 0.4)}
+    {
+        f"t_start={t:g},cg={cg},lam={lam:g},rho={rho:g}": {"t_start": t} | _dc(cg=cg, lam=lam, rho=rho)
+        for t, cg, lam, rho in [
+            *[(0.6, 3, 2.0, 5.0), (0.6, 5, 2.0, 5.0), (0.6, 4, 1.0, 5.0), (0.6, 4, 3.0, 5.0)],
+            *[(0.6, 4, 2.0, 3.0), (0.6, 4, 2.0, 10.0), (0.6, 2, 2.0, 5.0), (0.6, 3, 1.0, 5.0)],
+            *[(0.6, 3, 2.0, 3.0), (0.6, 3, 2.0, 10.0), (0.6, 3, 1.0, 3.0), (0.6, 3, 0.5, 5.0)],
+            *[(0.6, 3, 1.0, 10.0), (0.6, 2, 1.0, 5.0)],
+            *[(0.3, 1, 0.5, 1.0), (0.3, 3, 0.5, 1.0), (0.3, 2, 0.3, 1.0), (0.3, 2, 1.0, 1.0)],
+            *[(0.3, 2, 0.5, 2.0), (0.3, 2, 0.5, 0.5)],
+        ]
+    }
+)
+VARIANTS["slicewise"] = {"method": "slicewise"}
+VARIANTS.update({f"mbir(t_start={t:g})": {"method": "mbir", "t_start": t} for t in (0.6,)})
+VARIANTS.update({f"slicewise(t_start={t:g})": {"method": "slicewise", "t_start": t} for t in STARTS})
+VARIANTS.update(
+    {
+        f"slicewise(t_start={t:g},cg={cg})": {"t_start": t} | _dc("slicewise", cg=cg)
+        for t, cg in [(0.5, 1), (0.5, 3), (0.6, 2), (0.6, 4)]
+    }
 )
 VARIANTS.update(
     {
