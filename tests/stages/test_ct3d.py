@@ -157,6 +157,7 @@ def test_a_tasks_start_overrides_the_methods_for_that_task_only(store, prior):
     config["ct3d"]["tasks"][1]["methods"] = {"fast": {"t_start": 0.5}}
     job = _task_job(store, prior, "la90", config)
     assert job.sampling.t_start == 0.5 and job.method.guidance_options == {"lam": 0.1}
+    assert json.loads(job.attrs()["sampling_grid"]) == {"steps": 2, "grid": "logsnr", "t_start": 0.5}
     assert _task_job(store, prior, "sv4", config).sampling.t_start == 0.7
 
 

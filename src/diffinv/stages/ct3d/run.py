@@ -269,6 +269,9 @@ class Reconstruction:
             "method": self.entry["name"],
             "method_plugins": self.method.name,
             "guidance_options": json.dumps(self.method.guidance_options),
+            "sampling_grid": json.dumps(
+                {"steps": self.sampling.steps, "grid": self.sampling.grid, "t_start": self.sampling.t_start}
+            ),
             "views": int(len(self.views)),
             "angles_deg": view_angles_deg(self.store.angles[self.views]),
             "voxel_size": [1.0, self.store.pixel_size, self.store.pixel_size],
