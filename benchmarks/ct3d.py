@@ -266,6 +266,8 @@ VARIANTS.update(
             ("mbir", 1, 2.0, 10.0),
             ("mbir", 2, 2.0, 10.0),
             ("mbir", 3, 2.0, 10.0),
+            ("mbir", 2, 1.0, 5.0),
+            ("mbir", 3, 1.0, 5.0),
         ]
     }
 )
@@ -285,6 +287,18 @@ VARIANTS.update(
             *[(0.3, 1, 0.5, 1.0), (0.3, 3, 0.5, 1.0), (0.3, 2, 0.3, 1.0), (0.3, 2, 1.0, 1.0)],
             *[(0.3, 2, 0.5, 2.0), (0.3, 2, 0.5, 0.5)],
         ]
+    }
+)
+# around the wedge's choice (from t 0.6, 3 CG steps, λ 1, ρ 5): start, renoising, ADMM iterations, TV axes
+_LA90 = {"t_start": 0.6} | _dc(cg=3, lam=1.0, rho=5.0)
+VARIANTS.update(
+    {
+        "la90:t_start=0.7": _LA90 | {"t_start": 0.7},
+        "la90:t_start=0.5": _LA90 | {"t_start": 0.5},
+        "la90:zeta=0.7": _LA90 | {"solver_options": {"zeta": 0.7}},
+        "la90:zeta=0.5": _LA90 | {"solver_options": {"zeta": 0.5}},
+        "la90:admm_iters=2": _LA90 | _dc(cg=3, lam=1.0, rho=5.0, admm_iters=2),
+        "la90:dims=1": _LA90 | _dc(dims=[1], cg=3, lam=1.0, rho=5.0),
     }
 )
 VARIANTS["slicewise"] = {"method": "slicewise"}
