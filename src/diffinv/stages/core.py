@@ -83,11 +83,11 @@ class Sampling:
     batch_size: int
     steps: int
     grid: str = "logsnr"
-    t_start: float | None = None  # first grid time (None: the schedule's t_max); see VPSchedule.grid
     final_dc: bool = True
     hallucination_steps: int = 5
     precision: Precision = "fp32"
     allow_nonfinite: bool = False
+    t_start: float | None = None  # first grid time (None: the schedule's t_max); see VPSchedule.grid
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any], **overrides: Any) -> Sampling:
@@ -97,11 +97,11 @@ class Sampling:
             "batch_size",
             "steps",
             "grid",
-            "t_start",
             "final_dc",
             "hallucination_steps",
             "precision",
             "allow_nonfinite",
+            "t_start",
         )
         return cls(**{**{k: section[k] for k in keys if k in section}, **overrides})
 

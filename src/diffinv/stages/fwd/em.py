@@ -232,7 +232,12 @@ class EStep:
         check_range("fwd em", "e_step.samples", self.samples, 1)
         check_range("fwd em", "e_step.group", self.group, 1)
         return Sampling(
-            self.samples, self.samples, self.steps, self.grid, False, min(5, self.steps), "fp32", False
+            self.samples,
+            self.samples,
+            self.steps,
+            self.grid,
+            final_dc=False,
+            hallucination_steps=min(5, self.steps),
         )
 
 
