@@ -268,9 +268,10 @@ def calibrate_stores(
     if figure is not None:
         from diffinv.plots import plot_calibration
 
-        title = (
-            f"{ev_ds.attrs.get('method', '')} {ev_ds.attrs.get('acceleration', '')}x: {method} calibration"
-        )
+        what = [str(ev_ds.attrs.get(k, "")) for k in ("method", "task")]
+        if ev_ds.attrs.get("acceleration"):
+            what.append(f"{ev_ds.attrs['acceleration']}x")
+        title = f"{' '.join(w for w in what if w)}: {method} calibration"
         with atomic_path(figure) as tmp:
             plot_calibration(table, ev_s, ev_t, rec, title, Path(tmp))
     return rec, table
