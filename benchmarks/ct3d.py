@@ -327,14 +327,10 @@ def _variant(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
-def _psnr_views(job: Any, entry: dict[str, Any], volume: Any) -> dict[str, Any]:
-    """PSNR per view of the posterior mean of ``entry`` on one volume, its NFE and sampling time."""
-    import dataclasses
-
+def _psnr_views(job: Any, volume: Any) -> dict[str, Any]:
+    """PSNR per view of the posterior mean of ``job`` (one method) on one volume, NFE, sampling time."""
     from diffinv.stages.ct3d.evaluate import VIEWS, view_metrics
 
-    own = {k: entry[k] for k in ("grid", "t_start") if entry.get(k) is not None}
-    job.sampling = dataclasses.replace(job.sampling, **own)
     ds = job.case(volume)
     ref, mean = ds["reference"].values[0], ds["mean"].values[0]
     row: dict[str, Any] = {
@@ -406,7 +402,7 @@ def sweep(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
             ref = ref or next((r for r in cache if all(str(r[k]) == str(v) for k, v in key.items())), None)
             if ref is None:
                 ref_job = _job(cfg, reference, a.store, a.prior, task, a.device)
-                ref = {**key, **_psnr_views(ref_job, reference, volume)}
+                ref = {**key, **_psnr_views(ref_job, volume)}
                 ref["source"] = "run"
                 cache.append(ref)
                 write_csv(cache_path, cache)
@@ -415,7 +411,7 @@ def sweep(a: argparse.Namespace, cfg: dict[str, Any]) -> None:
                 patch = VARIANTS[name]
                 entry = _variant(_entry(cfg, task, patch["method"]) if "method" in patch else fast, patch)
                 row = {"task": task, "role": role, "volume": volume.label, "variant": name}
-                row.update(_psnr_views(_job(cfg, entry, a.store, a.prior, task, a.device), entry, volume))
+                row.update(_psnr_views(_job(cfg, entry, a.store, a.prior, task, a.device), volume))
                 for view in ("axial", "coronal", "sagittal"):
                     row[f"gap_{view}"] = round(float(ref[f"psnr_{view}"]) - row[f"psnr_{view}"], 3)
                 row["reference_source"] = ref["source"]

@@ -54,8 +54,8 @@ def task_method(task: Mapping[str, Any], method: Mapping[str, Any]) -> dict[str,
     the task's ``methods.NAME.t_start`` over the method's."""
     own = (task.get("methods") or {}).get(method["name"], {})
     options = {**(method.get("guidance_options") or {}), **own.get("guidance_options", {})}
-    timing = {k: own[k] for k in ("t_start",) if k in own}
-    return {**method, **timing, "guidance_options": options}
+    start = {"t_start": own["t_start"]} if "t_start" in own else {}
+    return {**method, **start, "guidance_options": options}
 
 
 STAGE = register(
