@@ -290,19 +290,20 @@ VARIANTS.update(
     }
 )
 # around the wedge's choice (from t 0.6, 3 CG steps, λ 1, ρ 5): start, renoising, ADMM iterations, TV axes
-_LA90 = {"t_start": 0.6} | _dc(cg=3, lam=1.0, rho=5.0)
+_LA90_DC: dict[str, Any] = {"cg": 3, "lam": 1.0, "rho": 5.0}
+_LA90 = {"t_start": 0.6} | _dc(**_LA90_DC)
 VARIANTS.update(
     {
         "la90:t_start=0.7": _LA90 | {"t_start": 0.7},
         "la90:t_start=0.5": _LA90 | {"t_start": 0.5},
         "la90:zeta=0.7": _LA90 | {"solver_options": {"zeta": 0.7}},
         "la90:zeta=0.5": _LA90 | {"solver_options": {"zeta": 0.5}},
-        "la90:admm_iters=2": _LA90 | _dc(cg=3, lam=1.0, rho=5.0, admm_iters=2),
-        "la90:dims=1": _LA90 | _dc(dims=[1], cg=3, lam=1.0, rho=5.0),
+        "la90:admm_iters=2": _LA90 | _dc(**_LA90_DC, admm_iters=2),
+        "la90:dims=1": _LA90 | _dc(dims=[1], **_LA90_DC),
     }
 )
 VARIANTS["slicewise"] = {"method": "slicewise"}
-VARIANTS.update({f"mbir(t_start={t:g})": {"method": "mbir", "t_start": t} for t in (0.6,)})
+VARIANTS["mbir(t_start=0.6)"] = {"method": "mbir", "t_start": 0.6}
 VARIANTS.update({f"slicewise(t_start={t:g})": {"method": "slicewise", "t_start": t} for t in STARTS})
 VARIANTS.update(
     {

@@ -159,6 +159,9 @@ def test_a_tasks_start_overrides_the_methods_for_that_task_only(store, prior):
     assert job.sampling.t_start == 0.5 and job.method.guidance_options == {"lam": 0.1}
     assert json.loads(job.attrs()["sampling_grid"]) == {"steps": 2, "grid": "logsnr", "t_start": 0.5}
     assert _task_job(store, prior, "sv4", config).sampling.t_start == 0.7
+    config["ct3d"]["sampling"]["t_start"] = 0.8
+    config["ct3d"]["tasks"][1]["methods"] = {"fast": {"t_start": None}}  # null: the full grid
+    assert _task_job(store, prior, "la90", config).sampling.t_start is None
 
 
 def test_a_killed_job_resumes_from_its_last_completed_volume(store, prior, tmp_path, monkeypatch):

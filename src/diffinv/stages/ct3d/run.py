@@ -127,7 +127,9 @@ class Reconstruction:
         self.nonnegative = bool(ct["sampling"]["nonnegative"])
         floor = self.norm.to_prior(torch.zeros(())).item() if self.nonnegative else None
         self.prior = SliceDenoiser(prior, ct["sampling"]["slice_batch"], floor)
-        overrides = {k: entry[k] for k in ("steps", "samples", "grid", "t_start") if entry.get(k) is not None}
+        overrides = {k: entry[k] for k in ("steps", "samples", "grid") if entry.get(k) is not None}
+        if "t_start" in entry:  # null is a value here: the full grid, whatever the section's start
+            overrides["t_start"] = entry["t_start"]
         self.sampling = Sampling.from_config(ct["sampling"], **overrides)
         self.views = self.task.select(self.store.angles)
         self.op = self.store.operator(self.views)
