@@ -82,6 +82,37 @@ def test_a_later_start_samples_from_the_diffused_zero_image_over_the_steps_below
     assert prior.first.std().item() == pytest.approx(sigma, rel=4 / (2 * prior.first.numel()) ** 0.5)
 
 
+def test_an_initial_estimate_is_diffused_to_the_first_grid_time():
+    """x_init (CCDF): the first particles are α(t_start)·x_init plus the very noise a zero start
+    draws (same seeds), so they differ from the zero start by exactly α(t_start)·x_init."""
+    import dataclasses
+
+    sampling = dataclasses.replace(SAMPLING, t_start=0.4)
+    x_init = torch.randn(2, 8, 8, generator=torch.Generator().manual_seed(5))
+    firsts = []
+    for start in (None, x_init):
+        prior = Times(_prior())
+        sample_case(
+            _problem(), prior, Method("ddim", "dds"), sampling, CaseSeeds.of(0, "case"), "cpu", x_init=start
+        )
+        firsts.append(prior.first)
+    alpha = float(prior.schedule.alpha(torch.tensor(0.4)))
+    assert 0.1 < alpha < 0.99
+    torch.testing.assert_close(
+        firsts[1] - firsts[0], (alpha * x_init).expand_as(firsts[0]), atol=1e-6, rtol=0
+    )
+    with pytest.raises(ValueError, match=r"x_init has shape \(8, 8\), not \(2, 8, 8\)"):
+        sample_case(
+            _problem(),
+            _prior(),
+            Method("ddim", "dds"),
+            sampling,
+            CaseSeeds.of(0, "c"),
+            "cpu",
+            x_init=x_init[0],
+        )
+
+
 # closed forms: populations of P particles cost P × steps per returned sample
 FIXED_COST = {"smc": 2 * STEPS, "mcgdiff": 2 * STEPS, "best_of_n": 2 * STEPS, "path_search": 2 * STEPS}
 

@@ -314,6 +314,7 @@ def sample_case(
     seeds: CaseSeeds,
     device: str | torch.device,
     on_step: OnStep | None = None,
+    x_init: Tensor | None = None,
 ) -> CaseSamples:
     """Posterior samples of one case: the one sampling loop of every stage.
 
@@ -324,6 +325,9 @@ def sample_case(
     (active acquisition); the final data consistency then uses the last problem.
     NFE counts every denoiser evaluation of a particle row, divided by the samples
     returned: a population of 16 particles over 20 steps costs 320 per sample.
+    ``x_init`` (prior units, ``problem.shape``): an estimate of x that the particles start from,
+    diffused to the first grid time, α(t0) x_init + σ(t0) ε (Come-Closer-Diffuse-Faster, Chung
+    et al. CVPR 2022); None starts from the diffused zero image σ(t0) ε.
     """
     if on_step is not None and method.search:
         raise ConfigError(
@@ -343,7 +347,7 @@ def sample_case(
     with network_precision(prior, sampling.precision):
         for b0 in range(0, n, bs):
             noise = PerSampleNoise(seeds.samples(b0, min(n, b0 + bs)), device)
-            batch = _Batch(problem, counter, method, solver, sampling, noise)
+            batch = _Batch(problem, counter, method, solver, sampling, noise, x_init)
             x = batch.search(search) if search is not None else batch.plain(on_step)
             calibration += batch.calibration
             with torch.no_grad():
@@ -388,9 +392,10 @@ class _Batch:
         solver: Solver,
         sampling: Sampling,
         noise: PerSampleNoise,
+        x_init: Tensor | None = None,
     ) -> None:
         self.problem, self.counter, self.method, self.solver = problem, counter, method, solver
-        self.sampling, self.noise = sampling, noise
+        self.sampling, self.noise, self.x_init = sampling, noise, x_init
         self.calibration = 0  # rows evaluated by solver.prepare (calibration passes)
         self.hallucination = torch.full((len(noise),), float("nan"))
         self.ess: Tensor | None = None
@@ -406,6 +411,10 @@ class _Batch:
         schedule = self.counter.schedule
         grid = schedule.grid(self.sampling.steps, self.sampling.grid, t_start=self.sampling.t_start)
         x = noise.randn(self.problem.shape) * float(schedule.sigma(grid[0]))
+        if self.x_init is not None:
+            if tuple(self.x_init.shape) != tuple(self.problem.shape):
+                raise ValueError(f"x_init has shape {tuple(self.x_init.shape)}, not {self.problem.shape}")
+            x = x + float(schedule.alpha(grid[0])) * self.x_init.to(x)
         before = self.counter.rows
         with torch.no_grad():
             grid = self.solver.prepare(D, grid, x)
