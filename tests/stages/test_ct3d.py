@@ -157,11 +157,38 @@ def test_a_tasks_start_overrides_the_methods_for_that_task_only(store, prior):
     config["ct3d"]["tasks"][1]["methods"] = {"fast": {"t_start": 0.5}}
     job = _task_job(store, prior, "la90", config)
     assert job.sampling.t_start == 0.5 and job.method.guidance_options == {"lam": 0.1}
-    assert json.loads(job.attrs()["sampling_grid"]) == {"steps": 2, "grid": "logsnr", "t_start": 0.5}
+    grid = {"steps": 2, "grid": "logsnr", "t_start": 0.5, "init": "zero"}
+    assert json.loads(job.attrs()["sampling_grid"]) == grid
     assert _task_job(store, prior, "sv4", config).sampling.t_start == 0.7
     config["ct3d"]["sampling"]["t_start"] = 0.8
     config["ct3d"]["tasks"][1]["methods"] = {"fast": {"t_start": None}}  # null: the full grid
     assert _task_job(store, prior, "la90", config).sampling.t_start is None
+
+
+@pytest.mark.parametrize("init", ["tv", "fbp"])
+def test_a_tasks_init_starts_the_particles_from_its_own_baseline(store, prior, monkeypatch, init):
+    """``init: tv|fbp`` (a task's override here): the sampler gets the task's TV or FBP baseline in
+    prior units, the very array the store holds, and no start at all for the other task."""
+    from diffinv.stages.ct3d import run
+
+    starts: list = []
+    original = run.sample_case
+
+    def spy(*args, x_init=None, **kwargs):
+        starts.append(x_init)
+        return original(*args, x_init=x_init, **kwargs)
+
+    monkeypatch.setattr(run, "sample_case", spy)
+    config = copy.deepcopy(CONFIG)
+    config["ct3d"]["tasks"][1]["methods"] = {"fast": {"init": init, "t_start": 0.5}}
+    job = _task_job(store, prior, "la90", config)
+    volume = job.store.volume(job.store.eval_bounds[0])
+    ds = job.case(volume)
+    want = job.norm.to_prior(torch.from_numpy(ds[init].values[0]))
+    torch.testing.assert_close(starts[-1], want)
+    assert json.loads(job.attrs()["sampling_grid"])["init"] == init
+    _task_job(store, prior, "sv4", config).case(volume)
+    assert starts[-1] is None
 
 
 def test_a_killed_job_resumes_from_its_last_completed_volume(store, prior, tmp_path, monkeypatch):
@@ -259,6 +286,7 @@ def test_task_overrides_reach_only_the_jobs_of_their_task_and_method():
         ({"fast": {"guidance_options": {"lam": "big"}}}, r"guidance_options\.lam: 'big' is not of type"),
         ({"fast": {"solver_options": {"eta": 1.0}}}, r"ct3d\.tasks\.1\.methods\.fast"),
         ({"fast": {"t_start": 1.5}}, r"ct3d\.tasks\.1\.methods\.fast\.t_start"),
+        ({"fast": {"init": "tikhonov"}}, r"ct3d\.tasks\.1\.methods\.fast\.init: 'tikhonov' is not one of"),
         ({"fast": {}}, r"ct3d\.tasks\.1\.methods\.fast"),
     ],
 )

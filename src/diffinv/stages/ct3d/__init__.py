@@ -51,10 +51,10 @@ def keep_task(cfg: dict[str, Any], task: str) -> None:
 def task_method(task: Mapping[str, Any], method: Mapping[str, Any]) -> dict[str, Any]:
     """The method entry ``method`` as run for ``task``: the task's ``methods.NAME.guidance_options``
     merged over the method's ``guidance_options`` (e.g. a wedge's stronger data consistency), and
-    the task's ``methods.NAME.t_start`` over the method's."""
+    the task's ``methods.NAME.t_start`` and ``init`` over the method's."""
     own = (task.get("methods") or {}).get(method["name"], {})
     options = {**(method.get("guidance_options") or {}), **own.get("guidance_options", {})}
-    start = {"t_start": own["t_start"]} if "t_start" in own else {}
+    start = {k: own[k] for k in ("t_start", "init") if k in own}
     return {**method, **start, "guidance_options": options}
 
 

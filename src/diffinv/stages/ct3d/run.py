@@ -131,6 +131,7 @@ class Reconstruction:
         if "t_start" in entry:  # null is a value here: the full grid, whatever the section's start
             overrides["t_start"] = entry["t_start"]
         self.sampling = Sampling.from_config(ct["sampling"], **overrides)
+        self.init: str = entry.get("init", "zero")  # what the particles start from (schema $defs/init)
         self.views = self.task.select(self.store.angles)
         self.op = self.store.operator(self.views)
         self.filter = ct["data"]["filter"]
@@ -173,6 +174,10 @@ class Reconstruction:
         sino = volume.sinogram[:, self.views]
         y_n = normalised_problem_data(sino, self.op, self.store.pixel_size, self.norm)
         problem = Problem(self.op, y_n.to(self.device), tuple(y_n.shape[1:2]) + self.store.image_shape)
+        fbp = self.store.fbp(sino, self.views, self.filter)
+        y = (sino[None] / self.store.pixel_size).to(self.device)  # TV runs where the sampler runs
+        tv = tv_admm(self.op, y, lam=self.tv_lambda, **self._tv_options(fbp[None].to(self.device)))[0].cpu()
+        init = {"zero": None, "fbp": fbp, "tv": tv}[self.init]
         before = self.prior.slices
         res = sample_case(
             problem,
@@ -181,11 +186,9 @@ class Reconstruction:
             self.sampling,
             CaseSeeds.of(self.cfg["seed"], volume.label),
             self.device,
+            x_init=None if init is None else self.norm.to_prior(init).to(self.device),
         )
         slices = (self.prior.slices - before) / self.sampling.samples
-        fbp = self.store.fbp(sino, self.views, self.filter)
-        y = (sino[None] / self.store.pixel_size).to(self.device)  # TV runs where the sampler runs
-        tv = tv_admm(self.op, y, lam=self.tv_lambda, **self._tv_options(fbp[None].to(self.device)))[0].cpu()
         reference = self.store.reference(volume, self.ct["data"]["reference"], self.filter)
         return self._block(volume, res, slices, fbp, tv, reference)
 
@@ -272,7 +275,12 @@ class Reconstruction:
             "method_plugins": self.method.name,
             "guidance_options": json.dumps(self.method.guidance_options),
             "sampling_grid": json.dumps(
-                {"steps": self.sampling.steps, "grid": self.sampling.grid, "t_start": self.sampling.t_start}
+                {
+                    "steps": self.sampling.steps,
+                    "grid": self.sampling.grid,
+                    "t_start": self.sampling.t_start,
+                    "init": self.init,
+                }
             ),
             "views": int(len(self.views)),
             "angles_deg": view_angles_deg(self.store.angles[self.views]),
