@@ -12,20 +12,20 @@ per volume against depth.
 resident memory (CPU) or peak CUDA memory (out/ct3d_scale.csv). With ``--prior none`` an
 untrained network of the config's architecture stands in (timing only).
 
-``sweep``: variants of the config's ``fast`` method (``VARIANTS``: solver, η/ζ, time grid, λ, ρ,
-CG steps, ADMM iterations per step, samples; none with more NFE than ``fast``; a variant with a
-``method`` patches that method instead, e.g. ``slicewise(cg=3)``, ``mbir(cg=2,lam=2,rho=10)``), each
-as run for the task (its ``ct3d.tasks[].methods`` overrides merged first), on tuning volumes
-of the store that are neither training nor evaluation volumes (``--tune-volume``, default the first
-volume after them; a bigger demo store gives more, e.g. ``diffinv demo-data ct --set=volumes=30``),
-against the ``--reference`` method on the same volume (run once per volume, its figures cached in
-out/ct3d_sweep/reference.csv); then the ``--confirm`` variants (e.g. ``fast`` and the chosen one)
-on the evaluation volumes, against the reference's demo store when it holds them (else run).
-Writes PSNR per view, the gap to the reference per view, NFE and sampling wall time
-(out/ct3d_sweep/sweep.csv, keeping the rows of earlier runs that this one does not repeat, so
-``--tasks``, ``--variants`` and ``--confirm`` split a sweep into short runs), and per variant the
-gap averaged over the volumes with its standard error (summary.csv, gap.png). A variant's ``grid``
-and ``t_start`` are that method's alone (``Sampling``), not the section's.
+``sweep``: variants of the config's ``fast`` method (``VARIANTS``: solver, η/ζ, time grid, λ, ρ, CG
+steps, ADMM iterations per step, samples, start time and initial estimate; none with more NFE than
+``fast``; a variant with a ``method`` patches that method instead, e.g. ``slicewise(cg=3)``,
+``mbir(cg=2,lam=2,rho=10)``), each as run for the task (its ``ct3d.tasks[].methods`` overrides
+merged first), on tuning volumes of the store that are neither training nor evaluation volumes
+(``--tune-volume``, default the first volume after them; a bigger demo store gives more, e.g.
+``diffinv demo-data ct --set=volumes=30``), against the ``--reference`` method on the same volume
+(run once per volume, its figures cached in out/ct3d_sweep/reference.csv); then the ``--confirm``
+variants (e.g. ``fast`` and the chosen one) on the evaluation volumes, against the reference's demo
+store when it holds them (else run). Writes PSNR per view, the gap to the reference per view, NFE
+and sampling wall time (out/ct3d_sweep/sweep.csv, keeping the rows of earlier runs that this one
+does not repeat, so ``--tasks``, ``--variants`` and ``--confirm`` split a sweep into short runs),
+and per variant the gap averaged over the volumes with its standard error (summary.csv, gap.png). A
+variant's ``grid``, ``t_start`` and ``init`` are that method's alone, not the section's.
 
 Run: PYTHONPATH=src python benchmarks/ct3d.py quality|scale|sweep [--root DIR] [--threads N] ...
 """
@@ -300,6 +300,21 @@ VARIANTS.update(
         "la90:zeta=0.5": _LA90 | {"solver_options": {"zeta": 0.5}},
         "la90:admm_iters=2": _LA90 | _dc(**_LA90_DC, admm_iters=2),
         "la90:dims=1": _LA90 | _dc(dims=[1], **_LA90_DC),
+    }
+)
+# CCDF's start from a cheap reconstruction: the task's TV (or FBP) baseline diffused to t_start
+VARIANTS.update(
+    {
+        f"la90:init=tv,t_start={t:g}": _LA90 | {"t_start": t, "init": "tv"}
+        for t in (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6)
+    }
+)
+VARIANTS["la90:init=fbp"] = _LA90 | {"init": "fbp"}
+VARIANTS.update({f"init=tv,t_start={t:g}": {"t_start": t, "init": "tv"} for t in (0.2, 0.3, 0.4)})
+VARIANTS.update(
+    {
+        f"slicewise(init=tv,t_start={t:g})": {"method": "slicewise", "t_start": t, "init": "tv"}
+        for t in (0.4, 0.5, 0.6)
     }
 )
 VARIANTS["slicewise"] = {"method": "slicewise"}
