@@ -154,6 +154,9 @@ def test_ct3d_stage_writes_volumes_with_baselines_metrics_and_figures(run):
             assert ds["x"].attrs["units"] == "m" and ds["mean"].attrs["units"].startswith("1")
             assert float(ds["nfe"].values[0]) == 3.0
             assert get_provenance(ds)["method"]["guidance"] == ("admm_tv" if method == "fast" else "dds")
+            own = task == "la90" and method == "fast"  # the task's override reaches its job alone
+            start = {"t_start": 0.5, "init": "tv"} if own else {"t_start": None, "init": "zero"}
+            assert json.loads(ds.attrs["sampling_grid"]) == {"steps": 3, "grid": "logsnr", **start}
             assert len(list((run / f"results/ct3d/tiny/{task}/{method}/figures").glob("*.png"))) == 1
     summary = pd.read_csv(run / "results/ct3d/tiny/summary.csv")
     assert set(summary["method"]) == {"fast", "slicewise", "-"}
