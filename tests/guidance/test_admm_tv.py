@@ -124,6 +124,37 @@ def test_state_is_fresh_for_a_new_shape_or_a_new_run():
     assert g.fingerprint() == before
 
 
+class Calls:
+    """A 'denoiser' returning the next of fixed estimates at every call (x and t ignored)."""
+
+    schedule = SCHEDULE
+
+    def __init__(self, *x0: Tensor) -> None:
+        self.x0 = list(x0)
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.x0.pop(0)
+
+
+@pytest.mark.parametrize("carry_split", [True, False])
+def test_the_carried_split_remembers_the_first_estimate_in_the_null_space(carry_split):
+    """2 measurements of 4 unknowns per slice; the first call's x̂0 is large noise, the second's is b,
+    with y = A b. λ = 1e-9 (|u| ≤ λ/ρ), exact x-updates (40 CG steps). Re-forming v from the current
+    x̂0 (carry_split False) makes b the exact solution of the second x-update, so it is returned; the
+    carried v keeps the first x̂0's z-differences where A sees nothing, and the output is far from b."""
+    op, x, _ = _problem()
+    g = torch.Generator().manual_seed(3)
+    noise, b = (
+        10 * torch.randn(x.shape, generator=g, dtype=x.dtype),
+        torch.randn(x.shape, generator=g, dtype=x.dtype),
+    )
+    guided = make_guidance("admm_tv", op, op.A(b), lam=1e-9, rho=1.0, cg_steps=40, carry_split=carry_split)
+    D = guided(Calls(noise, b))
+    D(x, _t(2, 0.9))
+    error = (D(x, _t(2, 0.5)) - b).abs().max().item()
+    assert (error > 1.0) if carry_split else (error < 1e-6)
+
+
 @pytest.mark.parametrize(
     "options,message",
     [

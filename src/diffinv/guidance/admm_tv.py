@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -12,7 +12,7 @@ from diffinv.diffusion.denoisers import Denoiser, content_hash
 from diffinv.errors import OptionRangeError, check_range
 from diffinv.guidance.base import Guidance
 from diffinv.operators.base import LinearOperator
-from diffinv.operators.tv import FiniteDifference, admm_tv_step
+from diffinv.operators.tv import FiniteDifference, admm_tv_step, soft_threshold
 
 
 class ADMMTV(Guidance):
@@ -33,6 +33,12 @@ class ADMMTV(Guidance):
     λ = 0.04, ρ = 10 are DiffusionMBIR's (images in [0, 1], ½‖Ax − y‖² data term); λ scales with
     ‖A‖², so pick it per operator, e.g. by :func:`~diffinv.operators.tv.select_tv_lambda`.
     ``clip`` re-applies a value constraint to the returned estimate, as in DDS.
+
+    ``carry_split`` = False re-forms the split variable from each call's estimate,
+    v = soft(D x0_hat + u, λ/ρ) (the v-update moved before the x-update), and carries only u. With
+    an operator that has a large null space (3D Cartesian MRI), the carried v otherwise holds the
+    differences of the first, pure-noise x0_hat for the whole run: there the x-update has nothing
+    but ρ‖D x − (v − u)‖² to follow, and |u| ≤ λ/ρ is too small to undo it.
     """
 
     cite = "Chung et al. 2023, DiffusionMBIR Eq. 11-14; Chung, Lee & Ye 2024, DDS Sec. 4"
@@ -47,6 +53,7 @@ class ADMMTV(Guidance):
         admm_iters: int = 1,
         dims: Sequence[int] = (1,),
         clip: float | None = None,
+        carry_split: bool = True,
     ) -> None:
         super().__init__(operator, y)
         check_range("admm_tv", "lam", lam, 0.0)
@@ -66,6 +73,7 @@ class ADMMTV(Guidance):
         self.admm_iters = int(admm_iters)
         self.dims = tuple(int(d) for d in dims)
         self.clip = clip
+        self.carry_split = bool(carry_split)
         self._state: _State | None = None
 
     def fingerprint(self) -> str | None:
@@ -92,6 +100,8 @@ class ADMMTV(Guidance):
         if s is None or s.key != key or t > s.t:
             dx0 = diff.A(x0)
             s = _State(key, t, dx0, torch.zeros_like(dx0), self.operator.A_adjoint(self.y))
+        elif not self.carry_split:
+            s = replace(s, v=soft_threshold(diff.A(x0) + s.u, self.lam / self.rho))
         x, v, u = x0, s.v, s.u
         for _ in range(self.admm_iters):
             x, v, u = admm_tv_step(self.operator, diff, s.aty, x, v, u, self.lam, self.rho, self.cg_steps)
