@@ -317,6 +317,8 @@ VARIANTS.update(
         for t in (0.4, 0.5, 0.6)
     }
 )
+# the split variable re-formed from each step's estimate (admm_tv carry_split), as mri3d needs
+VARIANTS["carry_split=false"] = {"guidance_options": {"carry_split": False}}
 VARIANTS["slicewise"] = {"method": "slicewise"}
 VARIANTS["mbir(t_start=0.6)"] = {"method": "mbir", "t_start": 0.6}
 VARIANTS.update({f"slicewise(t_start={t:g})": {"method": "slicewise", "t_start": t} for t in STARTS})
