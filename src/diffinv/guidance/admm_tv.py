@@ -34,8 +34,9 @@ class ADMMTV(Guidance):
     ‖A‖², so pick it per operator, e.g. by :func:`~diffinv.operators.tv.select_tv_lambda`.
     ``clip`` re-applies a value constraint to the returned estimate, as in DDS.
 
-    ``carry_split`` = False re-forms the split variable from each call's estimate,
-    v = soft(D x0_hat + u, λ/ρ) (the v-update moved before the x-update), and carries only u. With
+    ``carry_split`` = False re-forms the split variable from each later call's estimate,
+    v = soft(D x0_hat + u, λ/ρ) (the v-update moved before the x-update), and carries only u (a
+    fresh state starts from v = D x0_hat, u = 0 in both modes). With
     an operator that has a large null space (3D Cartesian MRI), the carried v otherwise holds the
     differences of the first, pure-noise x0_hat for the whole run: there the x-update has nothing
     but ρ‖D x − (v − u)‖² to follow, and |u| ≤ λ/ρ is too small to undo it.
